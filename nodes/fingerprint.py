@@ -1,0 +1,39 @@
+"""Cache-key material for nodes that read files: a changed file must invalidate the cache."""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes (small inputs: images, videos, noise)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def tree_stamp(path: str | os.PathLike) -> str:
+    """Names, sizes and mtimes of every file below `path`.
+
+    Hashing tens of GB of weights per run would defeat the cache, and a
+    re-downloaded or edited checkpoint changes size or mtime.
+    """
+    p = Path(path)
+    if p.is_file():
+        st = p.stat()
+        return f"{p.name}:{st.st_size}:{st.st_mtime_ns}"
+    h = hashlib.sha256()
+    for f in sorted(p.rglob("*")):
+        if f.is_file():
+            st = f.stat()
+            h.update(f"{f.relative_to(p)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def source_stamp(source: str) -> str:
+    """A loader source: local folder/file -> tree stamp; preset or hub id -> itself."""
+    p = Path(os.path.expanduser(source))
+    return tree_stamp(p) if p.exists() else source

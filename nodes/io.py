@@ -1,0 +1,114 @@
+"""Image/video input and output nodes. Every file is written atomically."""
+from __future__ import annotations
+
+import numpy as np
+
+from graphrt import Input, Node, Output, register_node
+
+from . import media
+from .fingerprint import file_digest
+
+PREFIX_TIP = "File name prefix, may include a subfolder of the output folder; a 5-digit counter is appended."
+
+
+def _frames(images) -> np.ndarray:
+    return np.asarray(images.asnumpy() if hasattr(images, "asnumpy") else images, np.float32)
+
+
+@register_node
+class SaveVideo(Node):
+    CATEGORY = "image/video"
+    DESCRIPTION = "Saves frames as an H.264 MP4 (yuv420p) or an animated WebP."
+    INPUTS = [Input("images", "IMAGE"),
+              Input("filename_prefix", "STRING", default="graphrt/video", tooltip=PREFIX_TIP),
+              Input("format", ["mp4", "webp"], default="mp4"),
+              Input("fps", "FLOAT", default=16.0, min=0.01, max=240.0, step=1.0),
+              Input("crf", "INT", default=19, min=0, max=51, tooltip="H.264 quality (lower is better).")]
+    OUTPUTS = [Output("path", "STRING")]
+    OUTPUT_NODE = True
+
+    def execute(self, ctx, images, filename_prefix="graphrt/video", format="mp4", fps=16.0, crf=19):
+        path = media.next_path(ctx.output_dir, filename_prefix, format)
+        if format == "mp4":
+            media.save_mp4(_frames(images), path, fps=fps, crf=crf)
+        else:
+            media.save_webp(_frames(images), path, fps=fps)
+        ctx.ui(files=[str(path)])
+        return (str(path),)
+
+
+@register_node
+class SaveImageFrames(Node):
+    CATEGORY = "image"
+    DESCRIPTION = "Saves every frame as a PNG in a new numbered folder."
+    INPUTS = [Input("images", "IMAGE"),
+              Input("filename_prefix", "STRING", default="graphrt/frames", tooltip=PREFIX_TIP)]
+    OUTPUTS = [Output("path", "STRING")]
+    OUTPUT_NODE = True
+
+    def execute(self, ctx, images, filename_prefix="graphrt/frames"):
+        folder = media.save_png_frames(_frames(images), media.next_path(ctx.output_dir, filename_prefix, ""))
+        ctx.ui(files=[str(folder)])
+        return (str(folder),)
+
+
+@register_node
+class SaveTensor(Node):
+    CATEGORY = "latent"
+    DESCRIPTION = "Saves a latent (normalised samples) or frames as a raw float32 .npy or .safetensors file."
+    INPUTS = [Input("tensor", "LATENT,IMAGE"),
+              Input("filename_prefix", "STRING", default="graphrt/tensor", tooltip=PREFIX_TIP),
+              Input("format", ["safetensors", "npy"], default="safetensors")]
+    OUTPUTS = [Output("path", "STRING")]
+    OUTPUT_NODE = True
+
+    def execute(self, ctx, tensor, filename_prefix="graphrt/tensor", format="safetensors"):
+        value = tensor["samples"] if isinstance(tensor, dict) else tensor
+        name = "latent" if isinstance(tensor, dict) else "images"
+        path = media.save_tensor(value, media.next_path(ctx.output_dir, filename_prefix, format), name=name)
+        ctx.ui(files=[str(path)])
+        return (str(path),)
+
+
+@register_node
+class LoadImage(Node):
+    CATEGORY = "image"
+    DESCRIPTION = "Loads an image file as one frame [1, H, W, 3] in 0..1."
+    INPUTS = [Input("path", "STRING", default="")]
+    OUTPUTS = [Output("image", "IMAGE")]
+
+    @classmethod
+    def fingerprint(cls, path="", **_):
+        return file_digest(path)
+
+    @classmethod
+    def validate_inputs(cls, path="", **_):
+        from pathlib import Path
+        return None if Path(path).is_file() else f"no such image file: {path!r}"
+
+    def execute(self, ctx, path):
+        return (media.load_image(path),)
+
+
+@register_node
+class LoadVideo(Node):
+    CATEGORY = "image/video"
+    DESCRIPTION = "Loads a video file's frames [N, H, W, 3] in 0..1 and its frame rate."
+    INPUTS = [Input("path", "STRING", default=""),
+              Input("max_frames", "INT", default=0, min=0, max=100000, tooltip="0 = all."),
+              Input("skip_first", "INT", default=0, min=0, max=100000),
+              Input("every_nth", "INT", default=1, min=1, max=1000)]
+    OUTPUTS = [Output("images", "IMAGE"), Output("fps", "FLOAT")]
+
+    @classmethod
+    def fingerprint(cls, path="", **_):
+        return file_digest(path)
+
+    @classmethod
+    def validate_inputs(cls, path="", **_):
+        from pathlib import Path
+        return None if Path(path).is_file() else f"no such video file: {path!r}"
+
+    def execute(self, ctx, path, max_frames=0, skip_first=0, every_nth=1):
+        frames, fps = media.load_video(path, max_frames, skip_first, every_nth)
+        return (frames, fps)

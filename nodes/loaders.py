@@ -1,0 +1,75 @@
+"""Loader nodes: a diffusers-layout folder, a hub repo id, or the `tiny` preset."""
+from __future__ import annotations
+
+from graphrt import Input, Node, Output, register_node
+
+from .fingerprint import source_stamp
+
+DTYPES = ["float32", "float16", "bfloat16"]
+SOURCE_TIP = ("A Wan '-Diffusers' folder, a hub repo id such as Wan-AI/Wan2.1-T2V-1.3B-Diffusers, "
+              "or 'tiny' for the built-in random-weight preset.")
+
+
+class _SourceNode(Node):
+    @classmethod
+    def fingerprint(cls, source="tiny", **_):
+        return source_stamp(source)
+
+
+@register_node
+class WanPipelineLoader(_SourceNode):
+    CATEGORY = "loaders/wan"
+    DESCRIPTION = "Loads a whole Wan pipeline: transformer(s), UMT5 text encoder with tokenizer, and VAE."
+    INPUTS = [
+        Input("source", "STRING", default="tiny", tooltip=SOURCE_TIP),
+        Input("dtype", DTYPES, default="float32", tooltip="Transformer compute dtype (float32 on CPU)."),
+        Input("text_encoder_dtype", DTYPES, default="float32"),
+        Input("vae_dtype", DTYPES, default="float32", tooltip="The VAE is best run in float32."),
+    ]
+    OUTPUTS = [Output("model", "MODEL"), Output("text_encoder", "TEXT_ENCODER"), Output("vae", "VAE")]
+
+    def execute(self, ctx, source, dtype="float32", text_encoder_dtype="float32", vae_dtype="float32"):
+        from .wan.pipeline import load_denoiser, load_text, resolve_source
+        from .wan.loading import load_vae
+        root = resolve_source(source)
+        return (load_denoiser(root, dtype), load_text(root, text_encoder_dtype), load_vae(root, "vae", vae_dtype))
+
+
+@register_node
+class WanModelLoader(_SourceNode):
+    CATEGORY = "loaders/wan"
+    DESCRIPTION = "Loads only the transformer(s) of a Wan pipeline, with its scheduler settings."
+    INPUTS = [Input("source", "STRING", default="tiny", tooltip=SOURCE_TIP),
+              Input("dtype", DTYPES, default="float32")]
+    OUTPUTS = [Output("model", "MODEL")]
+
+    def execute(self, ctx, source, dtype="float32"):
+        from .wan.pipeline import load_denoiser
+        return (load_denoiser(source, dtype),)
+
+
+@register_node
+class WanTextEncoderLoader(_SourceNode):
+    CATEGORY = "loaders/wan"
+    DESCRIPTION = "Loads the UMT5 text encoder and its tokenizer of a Wan pipeline."
+    INPUTS = [Input("source", "STRING", default="tiny", tooltip=SOURCE_TIP),
+              Input("dtype", DTYPES, default="float32")]
+    OUTPUTS = [Output("text_encoder", "TEXT_ENCODER")]
+
+    def execute(self, ctx, source, dtype="float32"):
+        from .wan.pipeline import load_text
+        return (load_text(source, dtype),)
+
+
+@register_node
+class WanVAELoader(_SourceNode):
+    CATEGORY = "loaders/wan"
+    DESCRIPTION = "Loads the VAE (Wan2.1 or Wan2.2, from its config) of a Wan pipeline."
+    INPUTS = [Input("source", "STRING", default="tiny", tooltip=SOURCE_TIP),
+              Input("dtype", DTYPES, default="float32")]
+    OUTPUTS = [Output("vae", "VAE")]
+
+    def execute(self, ctx, source, dtype="float32"):
+        from .wan.loading import load_vae
+        from .wan.pipeline import resolve_source
+        return (load_vae(resolve_source(source), "vae", dtype),)

@@ -1,0 +1,72 @@
+"""The denoise node: schedulers, classifier-free guidance, Wan2.2 expert switch,
+and stages that chain exactly."""
+from __future__ import annotations
+
+from graphrt import Input, Node, Output, register_node
+
+from .latents import noise_for
+
+
+@register_node
+class WanDenoise(Node):
+    CATEGORY = "sampling/wan"
+    DESCRIPTION = ("Denoises a latent with a Wan model. Steps [start_step, end_step) of a `steps`-step schedule; "
+                   "a stage that stops early hands its full sampler state to the next stage, so split runs equal "
+                   "one run. Two-expert models (Wan2.2 A14B) switch experts at their boundary timestep.")
+    INPUTS = [
+        Input("model", "MODEL"),
+        Input("positive", "CONDITIONING"),
+        Input("latent", "LATENT"),
+        Input("seed", "INT", default=0, min=0, max=2**64 - 1, tooltip="Seeds numpy's generator for the noise."),
+        Input("steps", "INT", default=50, min=1, max=1000),
+        Input("guidance", "FLOAT", default=5.0, min=0.0, max=100.0, step=0.1,
+              tooltip="Classifier-free guidance scale; 1.0 skips the unconditional pass."),
+        Input("scheduler", ["unipc", "euler"], default="unipc",
+              tooltip="unipc: UniPC flow multistep as the Wan -Diffusers repos configure it; euler: flow-match Euler."),
+        Input("shift", "FLOAT", default=0.0, min=0.0, max=100.0, step=0.1,
+              tooltip="Flow shift; 0 uses the model's own (scheduler_config.json flow_shift)."),
+        Input("negative", "CONDITIONING", optional=True, tooltip="Needed when guidance > 1."),
+        Input("guidance_2", "FLOAT", optional=True, default=0.0, min=0.0, max=100.0, step=0.1,
+              tooltip="Guidance of the low-noise expert (Wan2.2 A14B); 0 = same as guidance."),
+        Input("start_step", "INT", optional=True, default=0, min=0, max=10000),
+        Input("end_step", "INT", optional=True, default=10000, min=0, max=10000),
+        Input("add_noise", "BOOLEAN", optional=True, default=True,
+              tooltip="Noise the input latent to start_step's level (off to continue a previous stage)."),
+        Input("return_with_leftover_noise", "BOOLEAN", optional=True, default=True,
+              tooltip="When stopping before the last step: hand on the noisy latent and sampler state (on), "
+                      "or return the model's clean estimate (off)."),
+        Input("noise", "NOISE", optional=True, tooltip="Explicit initial noise; overrides the seed."),
+    ]
+    OUTPUTS = [Output("latent", "LATENT")]
+
+    @classmethod
+    def validate_inputs(cls, start_step=0, end_step=10000, steps=50, **_):
+        if start_step >= min(end_step, steps):
+            return f"start_step {start_step} leaves no step to run (end_step {end_step}, steps {steps})"
+        return None
+
+    def execute(self, ctx, model, positive, latent, seed, steps, guidance, scheduler, shift, negative=None,
+                guidance_2=0.0, start_step=0, end_step=10000, add_noise=True, return_with_leftover_noise=True,
+                noise=None):
+        from .wan.sampling import denoise
+        samples = latent["samples"]
+        if samples.shape[1] != model.in_channels:
+            raise ValueError(f"the latent has {samples.shape[1]} channels but the model takes {model.in_channels}; "
+                             "use the matching VAE for the empty latent")
+        if guidance > 1.0 and negative is None:
+            raise ValueError("guidance > 1 needs a negative conditioning (an empty-prompt text encode gives "
+                             "diffusers' default)")
+        state = latent.get("sampler_state")
+        resume = state is not None and not add_noise
+        x, new_state = denoise(
+            model, positive, negative, steps=steps, guidance=guidance, guidance_2=guidance_2 or None,
+            scheduler=scheduler, shift=shift or None,
+            latents=None if latent.get("empty") else samples,
+            noise=noise_for(noise, seed, tuple(samples.shape)) if add_noise and not resume else None,
+            start_step=start_step, end_step=end_step, add_noise=add_noise and not resume,
+            state=state if resume else None, leftover_noise=return_with_leftover_noise,
+            callback=ctx.progress)
+        out = {"samples": x}
+        if new_state is not None:
+            out["sampler_state"] = new_state
+        return (out,)

@@ -1,0 +1,202 @@
+"""The one convolution entry point of the Wan model code.
+
+    from nodes.wan.conv import conv3d, conv2d
+    y = conv3d(x, weight, bias, stride=(1, 1, 1), padding=(1, 1, 1))   # x [B,C,T,H,W]
+    y = conv2d(x, weight, bias, stride=(2, 2), padding=0)               # x [B,C,H,W]
+
+Semantics are torch's `F.conv3d` / `F.conv2d` with symmetric zero `padding`,
+`groups=1`, `dilation=1`; weights are in torch layout (O, C, *kernel).
+
+On Ascend/GPU the device kernels (`ops.conv3d` / `ops.conv2d`) are used. On CPU
+MindSpore's Conv3D/Conv2D fall back to oneDNN's reference kernel (~0.4 GFLOP/s,
+mindspore_cpu.md §3), so there the convolution is an im2col (one strided slice
+per kernel tap, concatenated) followed by one matmul, which runs at matmul speed.
+The column matrix is built for slabs of output frames/rows so that it never
+exceeds `COL_BUDGET_BYTES`.
+"""
+from __future__ import annotations
+
+import mindspore as ms
+from mindspore import mint, ops
+
+from .runtime import device
+
+# Largest im2col matrix materialised at once on the CPU path.
+COL_BUDGET_BYTES = 256 * 1024 * 1024
+
+_matmul = ops.MatMul()
+
+
+def _tuple(v, n):
+    if isinstance(v, int):
+        return (v,) * n
+    v = tuple(int(a) for a in v)
+    if len(v) != n:
+        raise ValueError(f"expected an int or {n} values, got {v}")
+    return v
+
+
+def _use_im2col() -> bool:
+    return device() == "CPU"
+
+
+def _zero_pad(x, padding):
+    """Symmetric zero padding of the trailing len(padding) dims."""
+    if not any(padding):
+        return x
+    pads = []
+    for p in reversed(padding):
+        pads += [p, p]
+    return ops.pad(x, tuple(pads))
+
+
+def _pointwise(x, weight, bias, stride):
+    """1×…×1 kernels: a channel matmul, no column matrix needed."""
+    nd = weight.ndim - 2
+    if any(s != 1 for s in stride):
+        x = x[(slice(None), slice(None)) + tuple(slice(None, None, s) for s in stride)]
+    b, c = x.shape[:2]
+    spatial = x.shape[2:]
+    w = weight.reshape(weight.shape[0], c)
+    if b == 1:
+        y = _matmul(w, x.reshape(c, -1)).reshape((1, weight.shape[0]) + spatial)
+    else:
+        y = mint.matmul(w, x.reshape(b, c, -1)).reshape((b, weight.shape[0]) + spatial)
+    if bias is not None:
+        y = y + bias.reshape((1, -1) + (1,) * nd)
+    return y
+
+
+def _taps(kernel, plane, row):
+    """Flat offsets of every kernel tap, in weight-flattening (row-major) order."""
+    offs = [0]
+    for k, step in zip(kernel, (plane, row, 1)[3 - len(kernel):]):
+        offs = [o + i * step for o in offs for i in range(k)]
+    return offs
+
+
+def _flat_conv(x, wtap, kernel, out_sizes):
+    """Stride-1 valid convolution of one padded sample x [C, *in] via flat-offset im2col.
+
+    With the input flattened to [C, T·H·W], every kernel tap is one contiguous
+    slice at a fixed offset, so the column matrix is a stack of cheap views.
+    Outputs are computed on the padded grid (a few wasted columns per row) and
+    cropped. Positions are processed in slabs to bound the column matrix.
+    """
+    c = x.shape[0]
+    in_sizes = tuple(x.shape[1:])
+    nd = len(in_sizes)
+    if nd == 2:
+        plane, row = 0, in_sizes[1]
+    else:
+        plane, row = in_sizes[1] * in_sizes[2], in_sizes[2]
+    offs = _taps(kernel, plane, row)
+    # Last valid output position + 1 on the padded grid.
+    strides = (plane, row, 1)[3 - nd:]
+    n = sum((o - 1) * s for o, s in zip(out_sizes, strides)) + 1
+    xf = x.reshape(c, -1)
+    per_col = c * len(offs) * 4
+    step = max(1, COL_BUDGET_BYTES // per_col)
+    parts = []
+    for n0 in range(0, n, step):
+        n1 = min(n, n0 + step)
+        if len(offs) == 1:
+            cols = xf[:, n0 + offs[0]:n1 + offs[0]]
+        else:
+            cols = ops.stack([xf[:, n0 + o:n1 + o] for o in offs], 0).reshape(len(offs) * c, n1 - n0)
+        parts.append(_matmul(wtap, cols))
+    y = parts[0] if len(parts) == 1 else mint.cat(parts, dim=1)
+    full = out_sizes[0]
+    for s in in_sizes[1:]:
+        full *= s
+    if full > n:
+        y = mint.cat([y, mint.zeros((y.shape[0], full - n), dtype=y.dtype)], dim=1)
+    y = y.reshape((y.shape[0], out_sizes[0]) + in_sizes[1:])
+    if nd == 3:
+        return y[:, :, :out_sizes[1], :out_sizes[2]]
+    return y[:, :, :out_sizes[1]]
+
+
+def _im2col_strided(x, wtap, kernel, stride, out_sizes):
+    """Spatially strided convolution (the encoder's stride-2 downsampling): strided-slice im2col."""
+    b, c = x.shape[:2]
+    nd = len(kernel)
+    length = 1
+    for o in out_sizes:
+        length *= o
+    idx_list = [()]
+    for k in kernel:
+        idx_list = [t + (i,) for t in idx_list for i in range(k)]
+    per_col = b * c * len(idx_list) * 4
+    taps = [x[(slice(None), slice(None)) + tuple(slice(i, i + s * (o - 1) + 1, s) for i, s, o in zip(idx, stride, out_sizes))]
+            for idx in idx_list]
+    if per_col * length > COL_BUDGET_BYTES and out_sizes[0] > 1:
+        # Split along the leading output dim.
+        step = max(1, COL_BUDGET_BYTES // (per_col * (length // out_sizes[0])))
+        parts = []
+        for o0 in range(0, out_sizes[0], step):
+            o1 = min(out_sizes[0], o0 + step)
+            xi = x[:, :, o0 * stride[0]:(o1 - 1) * stride[0] + kernel[0]]
+            parts.append(_im2col_strided(xi, wtap, kernel, stride, [o1 - o0] + list(out_sizes[1:])))
+        return mint.cat(parts, dim=2)
+    cols = ops.stack([t.reshape(b, c, length) for t in taps], 1).reshape(b, len(idx_list) * c, length)
+    y = mint.matmul(wtap, cols)
+    return y.reshape((b, wtap.shape[0]) + tuple(out_sizes))
+
+
+def _im2col_conv(x, weight, bias, stride):
+    """Valid (already padded) convolution on CPU through im2col + one matmul per slab."""
+    kernel = tuple(weight.shape[2:])
+    nd = len(kernel)
+    out_ch = weight.shape[0]
+    in_sizes = x.shape[2:]
+    out_sizes = [(n - k) // s + 1 for n, k, s in zip(in_sizes, kernel, stride)]
+    if any(o <= 0 for o in out_sizes):
+        raise ValueError(f"convolution input {tuple(x.shape)} is smaller than the kernel {kernel}")
+    # Columns are stacked tap-major, so the weight is flattened as (O, taps, C).
+    perm = (0,) + tuple(range(2, nd + 2)) + (1,)
+    wtap = weight.permute(*perm).reshape(out_ch, -1)
+    if all(s == 1 for s in stride[1:]):
+        outs = []
+        for i in range(x.shape[0]):
+            if stride[0] == 1:
+                outs.append(_flat_conv(x[i], wtap, kernel, out_sizes)[None])
+            else:
+                frames = [_flat_conv(x[i, :, t * stride[0]:t * stride[0] + kernel[0]], wtap, kernel,
+                                     [1] + out_sizes[1:]) for t in range(out_sizes[0])]
+                outs.append((frames[0] if len(frames) == 1 else mint.cat(frames, dim=1))[None])
+        y = outs[0] if len(outs) == 1 else mint.cat(outs, dim=0)
+    else:
+        y = _im2col_strided(x, wtap, kernel, stride, out_sizes)
+    if bias is not None:
+        y = y + bias.reshape((1, -1) + (1,) * nd)
+    return y
+
+
+def _conv(x, weight, bias, stride, padding, nd):
+    stride = _tuple(stride, nd)
+    padding = _tuple(padding, nd)
+    if x.ndim != nd + 2 or weight.ndim != nd + 2:
+        raise ValueError(f"conv{nd}d expects {nd + 2}-D input and weight, got {tuple(x.shape)} and {tuple(weight.shape)}")
+    if x.shape[1] != weight.shape[1]:
+        raise ValueError(f"conv{nd}d: input has {x.shape[1]} channels, weight expects {weight.shape[1]}")
+    if all(k == 1 for k in weight.shape[2:]) and not any(padding):
+        return _pointwise(x, weight, bias, stride)
+    x = _zero_pad(x, padding)
+    if _use_im2col():
+        return _im2col_conv(x, weight, bias, stride)
+    fn = ops.conv3d if nd == 3 else ops.conv2d
+    return fn(x, weight, bias, stride=stride, pad_mode="valid")
+
+
+def conv3d(x, weight, bias=None, stride=1, padding=0):
+    """torch `F.conv3d(x, weight, bias, stride, padding)` for x [B,C,T,H,W], weight [O,C,kt,kh,kw]."""
+    return _conv(x, weight, bias, stride, padding, 3)
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0):
+    """torch `F.conv2d(x, weight, bias, stride, padding)` for x [B,C,H,W], weight [O,C,kh,kw]."""
+    return _conv(x, weight, bias, stride, padding, 2)
+
+
+__all__ = ["conv3d", "conv2d", "COL_BUDGET_BYTES"]

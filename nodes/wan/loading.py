@@ -1,0 +1,65 @@
+"""Public loaders: a diffusers-layout folder or hub repo id in, a model out.
+
+    from nodes.wan import load_transformer
+    model = load_transformer("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", dtype="float32")
+
+Each model class provides `from_config(config, dtype)`, the checkpoint base
+name (`WEIGHTS_NAME`), and the modules it keeps in float32 (`KEEP_FP32`).
+"""
+from __future__ import annotations
+
+import os
+
+from .runtime import check_compute_dtype
+from .weights import load_into, open_checkpoint, read_config, resolve
+
+
+def _load(cls, path_or_repo, subfolder, dtype, config=None):
+    dtype = check_compute_dtype(dtype)
+    folder = resolve(path_or_repo, subfolder)
+    if config is None:
+        config = read_config(folder if folder.is_dir() else folder.parent)
+    model = cls.from_config(config, dtype=dtype)
+    ckpt = open_checkpoint(folder, cls.WEIGHTS_NAME)
+    load_into(model, ckpt, dtype=dtype, keep_fp32=getattr(cls, "KEEP_FP32", ()),
+              ignore_unexpected=getattr(cls, "IGNORE_UNEXPECTED", ()),
+              key_map=getattr(cls, "checkpoint_key", None), source=str(folder))
+    model.set_train(False)
+    return model
+
+
+def load_transformer(path_or_repo: str | os.PathLike, subfolder: str | None = "transformer",
+                     dtype="float32", config: dict | None = None):
+    """A `WanTransformer3DModel` (T2V, I2V, FLF2V, TI2V; VACE once supported) from its folder."""
+    from .transformer import WanTransformer3DModel
+    return _load(WanTransformer3DModel, path_or_repo, subfolder, dtype, config)
+
+
+def load_vae(path_or_repo: str | os.PathLike, subfolder: str | None = "vae", dtype="float32"):
+    """An `AutoencoderKLWan` (Wan2.1 or Wan2.2 VAE, chosen by its config)."""
+    from .vae import AutoencoderKLWan
+    return _load(AutoencoderKLWan, path_or_repo, subfolder, dtype)
+
+
+def load_text_encoder(path_or_repo: str | os.PathLike, subfolder: str | None = "text_encoder", dtype="float32"):
+    """The UMT5 encoder."""
+    from .umt5 import UMT5EncoderModel
+    return _load(UMT5EncoderModel, path_or_repo, subfolder, dtype)
+
+
+def load_image_encoder(path_or_repo: str | os.PathLike, subfolder: str | None = "image_encoder", dtype="float32"):
+    """The CLIP vision tower used by Wan2.1 I2V / FLF2V."""
+    from .clip_vision import CLIPVisionModel
+    return _load(CLIPVisionModel, path_or_repo, subfolder, dtype)
+
+
+def load_tokenizer(path_or_repo: str | os.PathLike, subfolder: str | None = "tokenizer"):
+    """The UMT5 tokenizer from `tokenizer.json` or `spiece.model`."""
+    from .tokenizer import WanTokenizer
+    return WanTokenizer.from_pretrained(resolve(path_or_repo, subfolder))
+
+
+def load_image_processor(path_or_repo: str | os.PathLike, subfolder: str | None = "image_processor"):
+    """CLIP preprocessing (resize, center crop, normalise) from `preprocessor_config.json`."""
+    from .clip_vision import CLIPImageProcessor
+    return CLIPImageProcessor.from_pretrained(resolve(path_or_repo, subfolder))

@@ -1,0 +1,102 @@
+"""Whole Wan pipelines without the graph: load a diffusers-layout folder (or
+hub repo, or the built-in `tiny` preset) and generate, as diffusers does.
+
+    from nodes.wan.pipeline import load_pipeline
+    pipe = load_pipeline("Wan-AI/Wan2.1-T2V-1.3B-Diffusers")
+    frames = pipe.text_to_video("a fox", negative_prompt="", height=480, width=832,
+                                num_frames=81, steps=50, guidance=5.0, seed=0)
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import mindspore as ms
+
+from .conditioning import WanTextEncoder
+from .denoiser import WanDenoiser
+from .loading import load_text_encoder, load_tokenizer, load_transformer, load_vae
+from .noise import make_noise
+from .sampling import denoise
+from .weights import read_config, resolve
+
+
+def _model_index(root: Path) -> dict:
+    return read_config(root, "model_index.json") if (root / "model_index.json").exists() else {}
+
+
+def load_denoiser(source: str | os.PathLike, dtype="float32") -> WanDenoiser:
+    """The transformer(s) of a pipeline folder, with its scheduler and MoE settings."""
+    root = resolve_source(source)
+    index = _model_index(root)
+    t1 = load_transformer(root, "transformer", dtype=dtype)
+    t2 = load_transformer(root, "transformer_2", dtype=dtype) if (root / "transformer_2").is_dir() else None
+    sched = read_config(root / "scheduler", "scheduler_config.json") if (root / "scheduler").is_dir() else {}
+    return WanDenoiser(transformer=t1, transformer_2=t2, boundary_ratio=index.get("boundary_ratio"),
+                       expand_timesteps=bool(index.get("expand_timesteps", False)),
+                       scheduler_config=sched, num_train_timesteps=int(sched.get("num_train_timesteps", 1000)),
+                       name=str(source))
+
+
+def load_text(source: str | os.PathLike, dtype="float32") -> WanTextEncoder:
+    root = resolve_source(source)
+    return WanTextEncoder(encoder=load_text_encoder(root, "text_encoder", dtype=dtype),
+                          tokenizer=load_tokenizer(root, "tokenizer"))
+
+
+def resolve_source(source: str | os.PathLike) -> Path:
+    """`tiny` -> the built-in preset folder; a folder; or a hub repo id (all of it)."""
+    if str(source) == "tiny":
+        from .presets import tiny_pipeline_path
+        return tiny_pipeline_path()
+    return resolve(source, None)
+
+
+def decode_latents(vae, latents: ms.Tensor, tiled: bool = False) -> np.ndarray:
+    """Un-normalise, decode and post-process as diffusers (output_type="np"):
+    frames [B, F, H, W, 3] float32 in 0..1."""
+    z = vae.denormalize_latents(latents.astype(vae.dtype))
+    video = vae.decode(z, tiled=tiled) if tiled else vae.decode(z)
+    video = (video.astype(ms.float32) / 2 + 0.5).clamp(0, 1)
+    return video.asnumpy().transpose(0, 2, 3, 4, 1)
+
+
+@dataclass
+class WanPipeline:
+    denoiser: WanDenoiser
+    text_encoder: WanTextEncoder
+    vae: object
+
+    @property
+    def latent_channels(self) -> int:
+        return self.denoiser.in_channels
+
+    def latent_shape(self, batch: int, height: int, width: int, num_frames: int) -> tuple:
+        s, t = self.vae.spatial_compression, self.vae.temporal_compression
+        return (batch, self.vae.z_dim, (num_frames - 1) // t + 1, height // s, width // s)
+
+    def text_to_video(self, prompt: str | list[str], negative_prompt: str | list[str] | None = "", *,
+                      height: int = 480, width: int = 832, num_frames: int = 81, steps: int = 50,
+                      guidance: float = 5.0, guidance_2: float | None = None, shift: float | None = None,
+                      scheduler: str = "unipc", seed: int = 0, latents=None, callback=None) -> np.ndarray:
+        """Frames [B, F, H, W, 3] in 0..1. `latents` overrides the seed's noise."""
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        pos = self.text_encoder.encode(prompts)
+        neg = None
+        if guidance > 1.0:
+            negs = negative_prompt if isinstance(negative_prompt, list) else [negative_prompt or ""] * len(prompts)
+            neg = self.text_encoder.encode(negs)
+        shape = self.latent_shape(len(prompts), height, width, num_frames)
+        noise = np.asarray(latents, np.float32) if latents is not None else make_noise(seed, shape)
+        x, _ = denoise(self.denoiser, pos, neg, steps=steps, guidance=guidance, guidance_2=guidance_2,
+                       scheduler=scheduler, shift=shift, noise=noise, callback=callback)
+        return decode_latents(self.vae, x)
+
+
+def load_pipeline(source: str | os.PathLike, dtype="float32", vae_dtype="float32",
+                  text_encoder_dtype="float32") -> WanPipeline:
+    root = resolve_source(source)
+    return WanPipeline(denoiser=load_denoiser(root, dtype), text_encoder=load_text(root, text_encoder_dtype),
+                       vae=load_vae(root, "vae", dtype=vae_dtype))

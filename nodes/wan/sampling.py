@@ -1,0 +1,117 @@
+"""The Wan denoising loop, as diffusers' Wan pipelines run it, usable without the graph.
+
+Latents here are in the model's normalised space (what the scheduler steps).
+A run can stop after any step and hand back a `SamplerState`; a later call
+with that state continues exactly where it stopped (multistep history
+included), so split stages give the same result as one uninterrupted run.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import mindspore as ms
+
+from .denoiser import WanDenoiser
+from .schedulers import FlowMatchEulerScheduler, UniPCFlowScheduler
+
+SCHEDULERS = {"unipc": UniPCFlowScheduler, "euler": FlowMatchEulerScheduler}
+
+
+@dataclass(frozen=True)
+class SamplerState:
+    """Where a stopped run is: the latents and the scheduler's full state."""
+    latents: ms.Tensor
+    scheduler: str
+    steps: int
+    shift: float
+    step_index: int
+    scheduler_state: dict
+
+    def cache_nbytes(self) -> int:
+        return int(self.latents.nbytes) * 3
+
+
+def make_scheduler(name: str, steps: int, shift: float, config: dict | None = None):
+    if name not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {name!r}; choose one of {sorted(SCHEDULERS)}")
+    cls = SCHEDULERS[name]
+    sched = cls.from_config(config) if config and name == "unipc" else cls()
+    sched.set_timesteps(steps, shift=shift)
+    return sched
+
+
+def _guided(model, x, t, cond, uncond, guidance: float, cfg: bool, denoiser: WanDenoiser):
+    ts = denoiser.timestep_input(t, x.shape)
+    xin = x.astype(denoiser.dtype)
+    pred = model(xin, ts, cond.embeds, encoder_hidden_states_image=cond.image_embeds)
+    if cfg:
+        if uncond is None:
+            raise ValueError("guidance > 1 needs a negative conditioning")
+        pred_u = model(xin, ts, uncond.embeds, encoder_hidden_states_image=uncond.image_embeds)
+        pred = pred_u + guidance * (pred - pred_u)
+    return pred
+
+
+def denoise(denoiser: WanDenoiser, positive, negative, *, steps: int, guidance: float,
+            guidance_2: float | None = None, scheduler: str = "unipc", shift: float | None = None,
+            latents: ms.Tensor | None = None, noise: np.ndarray | ms.Tensor | None = None,
+            start_step: int = 0, end_step: int | None = None, add_noise: bool = True,
+            state: SamplerState | None = None, leftover_noise: bool = True,
+            callback: Callable[[int, int], None] | None = None):
+    """Run steps [start_step, end_step) and return (latents, state_or_None).
+
+    - `latents`: clean normalised latents to start from (None = nothing, pure noise).
+    - `noise`: the initial noise (same shape); required when `add_noise`.
+    - `state`: continue a run stopped earlier (overrides latents/noise/add_noise).
+    Returns the state when the run stops before the last step, else None.
+    With `leftover_noise=False` a run that stops early returns instead the clean
+    estimate x0 = x - sigma * v at its last timestep (one more model call) and no state.
+    """
+    shift = denoiser.default_shift if shift is None else float(shift)
+    end_step = steps if end_step is None else min(int(end_step), steps)
+    if not 0 <= start_step <= end_step:
+        raise ValueError(f"start_step {start_step} must be within [0, end_step={end_step}]")
+    sched = make_scheduler(scheduler, steps, shift, denoiser.scheduler_config)
+    if state is not None:
+        if (state.scheduler, state.steps, state.shift) != (scheduler, steps, shift):
+            raise ValueError(
+                f"the incoming latent stopped a run with scheduler={state.scheduler}, steps={state.steps}, "
+                f"shift={state.shift}; this stage has scheduler={scheduler}, steps={steps}, shift={shift}")
+        if state.step_index != start_step:
+            raise ValueError(f"the incoming latent stopped at step {state.step_index}; set start_step to it "
+                             f"(got {start_step})")
+        sched.load_state_dict(state.scheduler_state)
+        x = state.latents
+    else:
+        if add_noise:
+            if noise is None:
+                raise ValueError("add_noise needs a noise tensor")
+            noise = noise if isinstance(noise, ms.Tensor) else ms.Tensor(np.asarray(noise, np.float32))
+            x = noise if latents is None else sched.add_noise(latents, noise, start_step)
+        else:
+            if latents is None:
+                raise ValueError("add_noise=False needs input latents")
+            x = latents
+        sched.begin(start_step)
+    g2 = guidance if guidance_2 is None else guidance_2
+    # As diffusers: the unconditional pass runs iff the main guidance is > 1,
+    # and each expert then mixes with its own scale.
+    cfg = guidance > 1.0
+    x = x.astype(ms.float32)
+    for i in range(start_step, end_step):
+        t = sched.timesteps[i]
+        model, expert = denoiser.expert_for(t)
+        pred = _guided(model, x, t, positive, negative, g2 if expert else guidance, cfg, denoiser)
+        x = sched.step(pred, x)
+        if callback is not None:
+            callback(i + 1 - start_step, end_step - start_step)
+    if end_step < steps:
+        if not leftover_noise:
+            t = sched.timesteps[end_step]
+            model, expert = denoiser.expert_for(t)
+            pred = _guided(model, x, t, positive, negative, g2 if expert else guidance, cfg, denoiser)
+            return x - float(sched.sigmas[end_step]) * pred.astype(ms.float32), None
+        return x, SamplerState(x, scheduler, steps, shift, end_step, sched.state_dict())
+    return x, None

@@ -1,0 +1,168 @@
+"""Finding checkpoints (local folder or hub repo) and loading them into Cells.
+
+A diffusers component folder holds `config.json` and either one
+`<name>.safetensors` or shards listed in `<name>.safetensors.index.json`.
+Weights are copied into the model one tensor at a time, cast on the way, so
+a load never holds two full copies of the model.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+import mindspore as ms
+
+from .runtime import to_ms_dtype
+from .safetensors_io import CheckpointError, SafetensorsFile
+
+
+class Checkpoint:
+    """All tensors of one component, possibly spread over shards; lazy."""
+
+    def __init__(self, files: Iterable[Path]):
+        self.files = [SafetensorsFile(p) for p in files]
+        self._where: dict[str, SafetensorsFile] = {}
+        for f in self.files:
+            for k in f.keys():
+                self._where[k] = f
+
+    def keys(self):
+        return self._where.keys()
+
+    def __contains__(self, key):
+        return key in self._where
+
+    def __len__(self):
+        return len(self._where)
+
+    def shape(self, key):
+        return self._where[key].shape(key)
+
+    def get(self, key) -> np.ndarray:
+        return self._where[key].get(key)
+
+    def file_of(self, key) -> Path:
+        return self._where[key].path
+
+
+def resolve(path_or_repo: str | os.PathLike, subfolder: str | None = None) -> Path:
+    """A local folder (or file) for a component: the path itself, or a hub snapshot.
+
+    A hub repo id ("owner/name") is fetched through huggingface_hub's cache,
+    downloading only the requested subfolder (plus model_index.json).
+    """
+    p = Path(os.path.expanduser(str(path_or_repo)))
+    if p.exists():
+        q = p / subfolder if subfolder and p.is_dir() else p
+        if not q.exists():
+            raise FileNotFoundError(f"{p} has no '{subfolder}' folder; subfolders present: "
+                                    f"{sorted(x.name for x in p.iterdir() if x.is_dir())}")
+        return q
+    s = str(path_or_repo)
+    if s.count("/") != 1 or s.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"no such file or folder: {s}")
+    return Path(_hub_snapshot(s, subfolder)) / (subfolder or "")
+
+
+def _hub_snapshot(repo_id: str, subfolder: str | None) -> str:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    patterns = ["model_index.json"] + ([f"{subfolder}/*"] if subfolder else ["*"])
+    try:
+        return snapshot_download(repo_id, allow_patterns=patterns)
+    except LocalEntryNotFoundError:
+        where = f" --include '{subfolder}/*'" if subfolder else ""
+        raise FileNotFoundError(
+            f"{repo_id}{'/' + subfolder if subfolder else ''} is not in the Hugging Face cache and the hub "
+            f"cannot be reached (offline). Fetch it on a connected machine with "
+            f"`huggingface-cli download {repo_id}{where}`, or pass a local folder.") from None
+    except Exception as e:  # repo missing, gated, network refused, ...
+        raise FileNotFoundError(f"could not get {repo_id} ({subfolder or 'all'}) from the hub: {e}") from None
+
+
+def read_config(folder: Path, name: str = "config.json") -> dict:
+    path = Path(folder) / name
+    if not path.exists():
+        raise FileNotFoundError(f"{folder} has no {name}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: invalid JSON ({e})") from None
+
+
+def open_checkpoint(folder_or_file: Path, weights_name: str) -> Checkpoint:
+    """The component's weights: an index with shards, one file, or the given file."""
+    p = Path(folder_or_file)
+    if p.is_file():
+        return Checkpoint([p])
+    index = p / f"{weights_name}.safetensors.index.json"
+    if index.exists():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{index}: invalid shard index ({e})") from None
+        shards = sorted(set(weight_map.values()))
+        missing = [s for s in shards if not (p / s).exists()]
+        if missing:
+            raise CheckpointError(f"{index} lists shards that are missing: {missing}")
+        return Checkpoint(p / s for s in shards)
+    single = p / f"{weights_name}.safetensors"
+    if single.exists():
+        return Checkpoint([single])
+    found = sorted(x.name for x in p.glob("*.safetensors"))
+    if len(found) == 1:
+        return Checkpoint([p / found[0]])
+    raise FileNotFoundError(f"{p} has no {weights_name}.safetensors (or its shard index); found {found or 'no safetensors files'}")
+
+
+def _keeps_fp32(name: str, keep_fp32: Iterable[str]) -> bool:
+    parts = name.split(".")
+    return any(k in parts or k in name for k in keep_fp32)
+
+
+def load_into(cell: ms.nn.Cell, ckpt: Checkpoint | Mapping[str, np.ndarray], dtype="float32",
+              keep_fp32: Iterable[str] = (), ignore_unexpected: Iterable[str] = (),
+              key_map=None, source: str = "checkpoint") -> None:
+    """Copy checkpoint tensors into `cell`'s parameters, checking names and shapes.
+
+    Every parameter must be present with the right shape; the first mismatch
+    is reported with its key and both shapes. `keep_fp32` names modules kept in
+    float32 whatever `dtype` is (diffusers' `_keep_in_fp32_modules`).
+    """
+    dtype = to_ms_dtype(dtype)
+    keep_fp32 = tuple(keep_fp32)
+    get = ckpt.get if isinstance(ckpt, Checkpoint) else ckpt.__getitem__
+    available = set(ckpt.keys())
+    params = dict(cell.parameters_and_names())
+    src_of = {name: (key_map(name) if key_map else name) for name in params}
+    missing = [n for n, k in src_of.items() if k not in available]
+    if missing:
+        raise CheckpointError(
+            f"{source} does not fit the model: {len(missing)} parameter(s) missing, first '{src_of[missing[0]]}'")
+    used = set(src_of.values())
+    unexpected = [k for k in available - used if not any(pat in k for pat in ignore_unexpected)]
+    if unexpected:
+        raise CheckpointError(
+            f"{source} does not fit the model: {len(unexpected)} unexpected key(s), first '{sorted(unexpected)[0]}'")
+    for name, param in params.items():
+        key = src_of[name]
+        shape = tuple(ckpt.shape(key)) if isinstance(ckpt, Checkpoint) else tuple(np.shape(ckpt[key]))
+        if shape != tuple(param.shape):
+            raise CheckpointError(
+                f"{source} does not fit the model config: '{key}' has shape {shape} in the checkpoint, "
+                f"the model expects {tuple(param.shape)}")
+    for name, param in params.items():
+        target = ms.float32 if _keeps_fp32(name, keep_fp32) else dtype
+        arr = np.asarray(get(src_of[name]))
+        if target == ms.float32:
+            t = ms.Tensor(np.ascontiguousarray(arr, dtype=np.float32))
+        elif target == ms.float16:
+            t = ms.Tensor(np.ascontiguousarray(arr, dtype=np.float16))
+        else:
+            t = ms.Tensor(np.ascontiguousarray(arr, dtype=np.float32)).astype(target)
+        param.set_data(t)
+        del arr, t

@@ -1,0 +1,123 @@
+"""Text-to-video end to end: our workflow on a tiny diffusers WanPipeline's files
+against `WanPipeline(..., latents=noise, output_type="np")`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from graphrt import Executor, GraphBuilder, Workflow
+from graphrt.registry import load_node_packs
+from tests.wan.parity import rel_err
+from tests.wan.reference import build_tiny_wan_pipeline, reference_frames
+
+from nodes.wan.noise import make_noise
+
+H, W, F = 32, 48, 9          # latent [1, 16, 3, 4, 6]
+LATENT_SHAPE = (1, 16, 3, 4, 6)
+PROMPT, NEGATIVE = "a red fox running in the snow", "blurry, static"
+TOL = 1e-4                   # fp32, relative to the frames' range
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    load_node_packs()
+    folder = tmp_path_factory.mktemp("wan") / "pipe"
+    pipe = build_tiny_wan_pipeline(folder)
+    return folder, pipe
+
+
+def t2v_graph(source, *, steps=3, guidance=5.0, scheduler="unipc", seed=0, negative=NEGATIVE, stages=None,
+              noise_path=None, prefix="t2v"):
+    g = GraphBuilder()
+    loader = g.node("WanPipelineLoader", source=str(source))
+    pos = g.node("WanTextEncode", text_encoder=loader[1], text=PROMPT)
+    neg = g.node("WanTextEncode", text_encoder=loader[1], text=negative)
+    latent = g.node("WanEmptyLatentVideo", width=W, height=H, num_frames=F, batch=1)
+    common = dict(model=loader[0], positive=pos[0], negative=neg[0], seed=seed, steps=steps, guidance=guidance,
+                  scheduler=scheduler, shift=3.0)
+    if noise_path is not None:
+        common["noise"] = g.node("WanLoadNoise", path=str(noise_path))[0]
+    if stages is None:
+        den = g.node("WanDenoise", latent=latent[0], **common)
+    else:
+        k = stages
+        first = g.node("WanDenoise", latent=latent[0], end_step=k, return_with_leftover_noise=True, **common)
+        den = g.node("WanDenoise", latent=first[0], start_step=k, add_noise=False, **common)
+    dec = g.node("WanVAEDecode", vae=loader[2], latent=den[0])
+    g.node("SaveTensor", tensor=dec[0], filename_prefix=prefix, format="npy")
+    g.node("SaveVideo", images=dec[0], filename_prefix=prefix, fps=16.0)
+    return g, dec
+
+
+def run_frames(ex, g, dec):
+    res = ex.run(g.to_workflow(), targets=None)
+    path = [v["path"] for v in res.outputs.values() if str(v.get("path", "")).endswith(".npy")][0]
+    return np.load(path), res
+
+
+@pytest.mark.parametrize("scheduler,guidance,steps", [("unipc", 5.0, 3), ("unipc", 1.0, 4), ("euler", 5.0, 3)])
+def test_frames_match_diffusers(tiny, tmp_path, scheduler, guidance, steps):
+    folder, pipe = tiny
+    from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+    pipe.scheduler = (UniPCMultistepScheduler.from_config(pipe.scheduler.config) if scheduler == "unipc"
+                      else FlowMatchEulerDiscreteScheduler(shift=3.0))
+    noise = make_noise(7, LATENT_SHAPE)
+    ref = reference_frames(pipe, PROMPT, NEGATIVE, noise, H, W, F, steps, guidance)[0]
+    ex = Executor(output_dir=tmp_path)
+    ours, _ = run_frames(ex, *t2v_graph(folder, steps=steps, guidance=guidance, scheduler=scheduler, seed=7))
+    assert ours.shape == ref.shape == (F, H, W, 3)
+    err = rel_err(ours, ref)
+    assert err < TOL, f"frames differ from diffusers by {err:.2e}"
+
+
+def test_explicit_noise_file_equals_seed(tiny, tmp_path):
+    folder, _ = tiny
+    noise_path = tmp_path / "noise.npy"
+    np.save(noise_path, make_noise(11, LATENT_SHAPE))
+    ex = Executor(output_dir=tmp_path)
+    a, _ = run_frames(ex, *t2v_graph(folder, seed=11, prefix="a"))
+    b, _ = run_frames(ex, *t2v_graph(folder, seed=999, noise_path=noise_path, prefix="b"))
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_chained_stages_equal_single_run(tiny, tmp_path, k):
+    folder, _ = tiny
+    ex = Executor(output_dir=tmp_path)
+    single, _ = run_frames(ex, *t2v_graph(folder, steps=4, prefix="single"))
+    chained, _ = run_frames(ex, *t2v_graph(folder, steps=4, stages=k, prefix="chained"))
+    np.testing.assert_array_equal(chained, single)
+
+
+def test_mp4_reads_back(tiny, tmp_path):
+    from nodes.media import probe_video
+    folder, _ = tiny
+    res = Executor(output_dir=tmp_path).run(t2v_graph(folder, prefix="vid")[0].to_workflow())
+    mp4 = [v["path"] for v in res.outputs.values() if str(v.get("path", "")).endswith(".mp4")][0]
+    info = probe_video(mp4)
+    assert (info["frames"], info["width"], info["height"], info["fps"]) == (F, W, H, 16.0)
+
+
+def test_cached_rerun_reexecutes_only_what_changed(tiny, tmp_path):
+    folder, _ = tiny
+    ex = Executor(output_dir=tmp_path)
+    g, _ = t2v_graph(folder, seed=1)
+    wf = g.to_workflow()
+    ex.run(wf)
+    d = wf.to_dict()
+    den = next(i for i, n in d.items() if isinstance(n, dict) and n.get("class_type") == "WanDenoise")
+    d[den]["inputs"]["seed"] = 2
+    report = ex.run(Workflow.from_dict(d)).report
+    executed = {report[i].class_type if hasattr(report[i], "class_type") else d[i]["class_type"]
+                for i in d if isinstance(d[i], dict) and "class_type" in d[i] and report[i].status == "executed"}
+    assert executed == {"WanDenoise", "WanVAEDecode", "SaveTensor", "SaveVideo"}
+    pos = next(i for i, n in d.items() if isinstance(n, dict) and n.get("inputs", {}).get("text") == PROMPT)
+    d[pos]["inputs"]["text"] = "a blue bird"
+    report = ex.run(Workflow.from_dict(d)).report
+    executed = {d[i]["class_type"] + ("+" if i == pos else "") for i in d
+                if isinstance(d[i], dict) and "class_type" in d[i] and report[i].status == "executed"}
+    assert executed == {"WanTextEncode+", "WanDenoise", "WanVAEDecode", "SaveTensor", "SaveVideo"}
+    assert report[next(i for i in d if d[i].get("class_type") == "WanPipelineLoader")].status == "cached"
