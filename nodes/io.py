@@ -23,7 +23,7 @@ class SaveVideo(Node):
               Input("filename_prefix", "STRING", default="graphrt/video", tooltip=PREFIX_TIP),
               Input("format", ["mp4", "webp"], default="mp4"),
               Input("fps", "FLOAT", default=16.0, min=0.01, max=240.0, step=1.0),
-              Input("crf", "INT", default=19, min=0, max=51, tooltip="H.264 quality (lower is better).")]
+              Input("crf", "INT", default=19, min=0, max=51, optional=True, tooltip="H.264 quality (lower is better).")]
     OUTPUTS = [Output("path", "STRING")]
     OUTPUT_NODE = True
 

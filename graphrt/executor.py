@@ -1,0 +1,312 @@
+"""Runs a validated workflow: demand-driven order, cache, lazy inputs, events,
+interrupts and the per-node report."""
+from __future__ import annotations
+
+import resource
+import threading
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import networkx as nx
+
+from .cache import OutputCache, signature
+from .errors import Interrupted, NodeExecutionError, ValidationError, WorkflowError
+from .events import Event, NodeReport, RunReport
+from .registry import get_node_class, load_node_packs
+from .types import InterruptedRun, NodeContext
+from .validate import apply_params, validate_nodes
+from .workflow import Workflow, is_link
+
+
+@dataclass
+class RunResult:
+    outputs: dict                    # {node_id: {output_name: value}} for output nodes / targets
+    report: RunReport
+    seconds: float = 0.0
+    ui: dict = field(default_factory=dict)
+
+
+def summarize(value, limit: int = 80) -> str:
+    shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
+    if shape is not None and dtype is not None:
+        return f"{type(value).__name__}(shape={tuple(shape)}, dtype={dtype})"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {summarize(v, 40)}" for k, v in list(value.items())[:6]) + "}"
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class _Plan:
+    """The graph of one run: links, order, and which nodes the targets need."""
+
+    def __init__(self, nodes: dict, targets: list[str]):
+        self.nodes = nodes
+        self.cls = {nid: get_node_class(n["class_type"]) for nid, n in nodes.items()}
+        self.links: dict[str, list] = {}        # nid -> [(input, src, slot, lazy)]
+        graph = nx.DiGraph()
+        graph.add_nodes_from(nodes)
+        for nid, node in nodes.items():
+            spec = self.cls[nid].input_map()
+            ls = []
+            for name, value in node.get("inputs", {}).items():
+                if is_link(value):
+                    src = str(value[0])
+                    ls.append((name, src, value[1], spec[name].lazy))
+                    graph.add_edge(src, nid)
+            ls.sort()
+            self.links[nid] = ls
+        self.order = list(nx.topological_sort(graph))
+        self.position = {nid: i for i, nid in enumerate(self.order)}
+        self.targets = targets
+        self.relevant = self._closure(targets, follow_lazy=True)
+
+    def _closure(self, start, follow_lazy: bool) -> set:
+        seen, stack = set(), list(start)
+        while stack:
+            nid = stack.pop()
+            if nid in seen:
+                continue
+            seen.add(nid)
+            stack.extend(src for _, src, _, lazy in self.links[nid] if follow_lazy or not lazy)
+        return seen
+
+    def strict_closure(self, start) -> set:
+        return self._closure(start, follow_lazy=False)
+
+
+class Executor:
+    """Runs workflows, keeping node outputs cached across runs (see OutputCache)."""
+
+    def __init__(self, cache: str = "last-run", output_dir: str | Path = "output", on_event=None,
+                 load_packs: bool = True):
+        if load_packs:
+            load_node_packs()
+        self.cache = OutputCache(cache)
+        self.output_dir = Path(output_dir)
+        self._subscribers = [on_event] if on_event else []
+        self._interrupt = threading.Event()
+
+    # -- events and interrupts -----------------------------------------------------------
+    def subscribe(self, callback):
+        """Call `callback(event)` for every event; returns a function that unsubscribes."""
+        self._subscribers.append(callback)
+        return lambda: self._subscribers.remove(callback) if callback in self._subscribers else None
+
+    def _emit(self, type_, node_id=None, class_type=None, **data):
+        if self._subscribers:
+            event = Event(type_, node_id, class_type, **data)
+            for cb in list(self._subscribers):
+                cb(event)
+
+    def interrupt(self) -> None:
+        """Stop the current run at the next node or progress boundary (thread-safe)."""
+        self._interrupt.set()
+
+    # -- running -------------------------------------------------------------------------
+    def prepare(self, wf: Workflow, params: dict | None = None, targets=None) -> _Plan:
+        nodes, errors = apply_params(wf, params)
+        errors += validate_nodes(nodes)
+        if targets is not None:
+            for t in targets:
+                if str(t) not in nodes:
+                    errors.append(ValidationError(str(t), None, None, "a node id of the workflow", str(t),
+                                                  f"target node {t} does not exist"))
+        if errors:
+            raise WorkflowError(errors, wf.source)
+        chosen = [str(t) for t in targets] if targets is not None else \
+            [nid for nid, n in nodes.items() if get_node_class(n["class_type"]).OUTPUT_NODE]
+        if not chosen:
+            raise WorkflowError([ValidationError(None, None, None, "an output node or a target", "none",
+                                                 "the workflow has no output node; add one or name --target nodes")],
+                                wf.source)
+        return _Plan(nodes, chosen)
+
+    def run(self, wf: Workflow, params: dict | None = None, targets=None) -> RunResult:
+        plan = self.prepare(wf, params, targets)
+        self._interrupt.clear()
+        self.cache.begin_run()
+        t_run = time.perf_counter()
+        report = RunReport((nid, NodeReport(nid, n["class_type"], (n.get("_meta") or {}).get("title")))
+                           for nid, n in plan.nodes.items())
+        self._emit("run_started", nodes=len(plan.nodes))
+        state = _RunState(self, plan, report)
+        try:
+            state.run_set(plan.strict_closure(plan.targets))
+        except InterruptedRun:
+            node = state.current
+            if node is not None:
+                report[node].status = "interrupted"
+            self.cache.end_run()
+            result = RunResult({}, report, time.perf_counter() - t_run)
+            self._emit("interrupted", node, report[node].class_type if node else None, result=result)
+            raise Interrupted(node, result) from None
+        except _NodeFailed as f:
+            self.cache.end_run()
+            result = RunResult({}, report, time.perf_counter() - t_run)
+            self._emit("node_failed", f.node_id, report[f.node_id].class_type, error=report[f.node_id].error,
+                       result=result)
+            raise NodeExecutionError(f.node_id, report[f.node_id].class_type, f.inputs_summary, f.original,
+                                     f.tb, result) from f.original
+        self.cache.end_run()
+        outputs = {}
+        for nid in plan.targets:
+            cls = plan.cls[nid]
+            vals = state.values.get(nid, ())
+            outputs[nid] = {o.name: v for o, v in zip(cls.OUTPUTS, vals)}
+        result = RunResult(outputs, report, time.perf_counter() - t_run,
+                           {nid: r.ui for nid, r in report.items() if r.ui})
+        self._emit("run_finished", seconds=result.seconds, summary=report.summary(), result=result)
+        return result
+
+
+class _NodeFailed(Exception):
+    def __init__(self, node_id, original, tb, inputs_summary):
+        self.node_id, self.original, self.tb, self.inputs_summary = node_id, original, tb, inputs_summary
+
+
+class _RunState:
+    """One run's bookkeeping: signatures, produced values, who still needs them."""
+
+    def __init__(self, ex: Executor, plan: _Plan, report: RunReport):
+        self.ex, self.plan, self.report = ex, plan, report
+        self.values: dict[str, tuple] = {}
+        self.sigs: dict[str, str] = {}
+        self.done: set[str] = set()
+        self.current = None
+        self.nonce = uuid.uuid4().hex
+        self.keep = set(plan.targets)
+        self.consumers: dict[str, int] = {}
+        self._signatures()
+
+    def _signatures(self):
+        plan = self.plan
+        for nid in plan.order:
+            if nid not in plan.relevant:
+                continue
+            cls = plan.cls[nid]
+            node_inputs = plan.nodes[nid].get("inputs", {})
+            constants = {k: v for k, v in node_inputs.items() if not is_link(v)}
+            fp = None
+            if hasattr(cls, "fingerprint"):
+                try:
+                    fp = cls.fingerprint(**constants)
+                except Exception as e:  # unreadable input: never serve this node from cache
+                    fp = f"unfingerprintable:{self.nonce}:{e}"
+            if cls.ALWAYS_RUN:
+                fp = [fp, self.nonce]
+            parents = [(name, self.sigs[src], slot) for name, src, slot, _ in plan.links[nid]]
+            self.sigs[nid] = signature(cls.class_name(), constants, fp, parents)
+
+    def run_set(self, wanted: set):
+        for nid in wanted:
+            if nid in self.done:
+                continue
+            for _, src, _, lazy in self.plan.links[nid]:
+                if not lazy:
+                    self.consumers[src] = self.consumers.get(src, 0) + 1
+        for nid in sorted(wanted, key=self.plan.position.__getitem__):
+            if nid not in self.done:
+                self.process(nid)
+
+    def _release(self, nid):
+        for _, src, _, lazy in self.plan.links[nid]:
+            if lazy:
+                continue
+            left = self.consumers.get(src, 0) - 1
+            self.consumers[src] = left
+            if left <= 0 and src not in self.keep:
+                self.values.pop(src, None)
+
+    def process(self, nid: str):
+        ex, plan = self.ex, self.plan
+        if ex._interrupt.is_set():
+            self.current = None
+            raise InterruptedRun()
+        cls, rep = plan.cls[nid], self.report[nid]
+        ctype = rep.class_type
+        self.current = nid
+        hit = ex.cache.get(self.sigs[nid])
+        if hit is not None:
+            self.values[nid] = hit
+            rep.status = "cached"
+            self.done.add(nid)
+            self._release(nid)
+            ex._emit("node_finished", nid, ctype, seconds=0.0, cached=True)
+            return
+        ex._emit("node_started", nid, ctype)
+        ctx = NodeContext(nid, ctype, ex.output_dir, self._progress, ex._interrupt.is_set)
+        instance = cls()
+        inputs = self._gather(nid)
+        t0 = time.perf_counter()
+        try:
+            if cls.has_lazy():
+                while True:
+                    needed = instance.check_lazy(ctx, **inputs) if hasattr(instance, "check_lazy") else []
+                    missing = [n for n in needed or [] if inputs.get(n) is None and self._lazy_src(nid, n)]
+                    if not missing:
+                        break
+                    srcs = [self._lazy_src(nid, n) for n in missing]
+                    self.run_set(plan.strict_closure(srcs) - self.done)
+                    self.current = nid
+                    inputs = self._gather(nid)
+            out = instance.execute(ctx, **inputs)
+        except InterruptedRun:
+            rep.seconds = time.perf_counter() - t0
+            raise
+        except Exception as e:
+            rep.status, rep.seconds, rep.peak_rss = "failed", time.perf_counter() - t0, _rss()
+            summary = {k: summarize(v) for k, v in inputs.items()}
+            tb = traceback.format_exc()
+            rep.error = {"type": type(e).__name__, "message": str(e), "inputs": summary, "traceback": tb}
+            raise _NodeFailed(nid, e, tb, summary) from e
+        if len(cls.OUTPUTS) == 0:
+            out = ()
+        elif not isinstance(out, tuple) or (len(cls.OUTPUTS) == 1 and len(out) != 1):
+            out = (out,)
+        if len(out) != len(cls.OUTPUTS):
+            e = TypeError(f"{ctype}.execute returned {len(out)} values for {len(cls.OUTPUTS)} outputs")
+            rep.status = "failed"
+            rep.error = {"type": "TypeError", "message": str(e), "inputs": {}, "traceback": ""}
+            raise _NodeFailed(nid, e, "", {})
+        rep.seconds = time.perf_counter() - t0
+        rep.peak_rss = _rss()
+        rep.status = "executed"
+        rep.ui = ctx.ui_info
+        ex.cache.put(self.sigs[nid], out)
+        self.values[nid] = out
+        self.done.add(nid)
+        self._release(nid)
+        ex._emit("node_finished", nid, ctype, seconds=rep.seconds, cached=False)
+
+    def _lazy_src(self, nid, name):
+        for inp, src, _, lazy in self.plan.links[nid]:
+            if inp == name and lazy and src not in self.done:
+                return src
+        return None
+
+    def _gather(self, nid) -> dict:
+        inputs = {}
+        node_inputs = self.plan.nodes[nid].get("inputs", {})
+        spec = self.plan.cls[nid].input_map()
+        links = {name: (src, slot) for name, src, slot, _ in self.plan.links[nid]}
+        for name, value in node_inputs.items():
+            if name in links:
+                src, slot = links[name]
+                vals = self.values.get(src)
+                inputs[name] = None if vals is None else vals[slot]
+            else:
+                inputs[name] = value
+        for name, inp in spec.items():
+            if name not in inputs and inp.optional and inp.lazy:
+                inputs[name] = None
+        return inputs
+
+    def _progress(self, node_id, value, total):
+        self.ex._emit("progress", node_id, self.report[node_id].class_type, value=value, max=total)
