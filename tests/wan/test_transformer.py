@@ -1,0 +1,160 @@
+"""WanTransformer3DModel parity with diffusers on tiny random configs (fp32)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import WanTransformer3DModel as RefTransformer
+
+import mindspore as ms
+
+from nodes.wan import load_transformer
+from nodes.wan.safetensors_io import CheckpointError
+from tests.wan.parity import rel_err
+
+TOL = 2e-5   # relative; measured ~1e-6 (MindSpore CPU exp/sigmoid are approximate)
+BASE = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
+            text_dim=32, freq_dim=32, ffn_dim=32, num_layers=2, cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
+CONFIGS = {
+    "t2v": BASE,
+    "i2v": {**BASE, "in_channels": 36, "image_dim": 24, "added_kv_proj_dim": 24},
+    "flf2v": {**BASE, "in_channels": 36, "image_dim": 24, "added_kv_proj_dim": 24, "pos_embed_seq_len": 10},
+    "ti2v": {**BASE, "in_channels": 48, "out_channels": 48},
+}
+
+
+def build(config, folder, seed=0, dtype=torch.float32, **save_kw):
+    torch.manual_seed(seed)
+    ref = RefTransformer(**config).eval()
+    with torch.no_grad():  # diffusers zero-inits some tensors; perturb every one so all paths matter
+        for p in ref.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+        if dtype != torch.float32:  # the reference computes in fp32 on the rounded weights
+            for p in ref.parameters():
+                p.copy_(p.to(dtype).float())
+    import copy
+    copy.deepcopy(ref).to(dtype).save_pretrained(folder, **save_kw)
+    return ref
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    out = {}
+    for name, cfg in CONFIGS.items():
+        folder = tmp_path_factory.mktemp(name)
+        out[name] = (build(cfg, folder), load_transformer(folder, subfolder=None), folder)
+    return out
+
+
+def run_both(ref, ours, x, t, ctx, img=None):
+    with torch.no_grad():
+        r = ref(torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(ctx),
+                None if img is None else torch.from_numpy(img), return_dict=False)[0].numpy()
+    o = ours(ms.Tensor(x), ms.Tensor(t), ms.Tensor(ctx), None if img is None else ms.Tensor(img)).asnumpy()
+    return o, r
+
+
+def inputs(cfg, b=2, f=3, h=4, w=6, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((b, cfg["in_channels"], f, h, w)).astype(np.float32)
+    ctx = rng.standard_normal((b, 512, cfg["text_dim"])).astype(np.float32)
+    return x, ctx, rng
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 6), (3, 4, 6), (5, 6, 4), (2, 8, 2)])
+def test_t2v_matches_diffusers(models, shape):
+    ref, ours, _ = models["t2v"]
+    x, ctx, _ = inputs(CONFIGS["t2v"], 2, *shape)
+    o, r = run_both(ref, ours, x, np.array([999, 421], np.int64), ctx)
+    assert o.shape == r.shape and rel_err(o, r) < TOL
+
+
+def test_float_timesteps(models):
+    ref, ours, _ = models["t2v"]
+    x, ctx, _ = inputs(CONFIGS["t2v"])
+    o, r = run_both(ref, ours, x, np.array([987.654, 3.25], np.float32), ctx)
+    assert rel_err(o, r) < TOL
+
+
+def test_i2v_image_branch(models):
+    ref, ours, _ = models["i2v"]
+    x, ctx, rng = inputs(CONFIGS["i2v"])
+    img = rng.standard_normal((2, 7, 24)).astype(np.float32)
+    o, r = run_both(ref, ours, x, np.array([800, 200], np.int64), ctx, img)
+    assert rel_err(o, r) < TOL
+
+
+def test_flf2v_pos_embed(models):
+    ref, ours, _ = models["flf2v"]
+    x, ctx, rng = inputs(CONFIGS["flf2v"])
+    img = rng.standard_normal((4, 5, 24)).astype(np.float32)   # first+last frame tokens per sample
+    o, r = run_both(ref, ours, x, np.array([800, 200], np.int64), ctx, img)
+    assert rel_err(o, r) < TOL
+
+
+def test_ti2v_per_token_timesteps(models):
+    ref, ours, _ = models["ti2v"]
+    x, ctx, _ = inputs(CONFIGS["ti2v"])
+    tokens = 3 * 2 * 3
+    t = np.full((2, tokens), 640.0, np.float32)
+    t[:, :6] = 0.0      # first-frame tokens at timestep 0, as the TI2V image-to-video pipeline does
+    t[1] *= 0.5
+    o, r = run_both(ref, ours, x, t, ctx)
+    assert rel_err(o, r) < TOL
+
+
+def test_jit_equals_eager(tmp_path):
+    build(CONFIGS["t2v"], tmp_path)
+    model = load_transformer(tmp_path, subfolder=None)
+    x, ctx, _ = inputs(CONFIGS["t2v"])
+    t = ms.Tensor(np.array([999, 500], np.int64))
+    eager = model(ms.Tensor(x), t, ms.Tensor(ctx)).asnumpy()
+    jitted = model.compile()(ms.Tensor(x), t, ms.Tensor(ctx)).asnumpy()
+    assert np.abs(jitted - eager).max() <= 1e-5 * np.abs(eager).max()
+
+
+def test_sharded_bf16_checkpoint(tmp_path):
+    ref = build(CONFIGS["t2v"], tmp_path, seed=3, dtype=torch.bfloat16, max_shard_size="20KB")
+    shards = list(tmp_path.glob("diffusion_pytorch_model-*.safetensors"))
+    assert len(shards) > 1 and (tmp_path / "diffusion_pytorch_model.safetensors.index.json").exists()
+    ours = load_transformer(tmp_path, subfolder=None, dtype="float32")
+    x, ctx, _ = inputs(CONFIGS["t2v"])
+    o, r = run_both(ref, ours, x, np.array([999, 421], np.int64), ctx)   # ref: fp32 on bf16-rounded weights
+    assert rel_err(o, r) < TOL
+
+
+def test_config_mismatch_names_key_and_shapes(tmp_path, models):
+    _, _, folder = models["t2v"]
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["ffn_dim"] = 64
+    (bad / "config.json").write_text(json.dumps(cfg))
+    (bad / "diffusion_pytorch_model.safetensors").write_bytes((folder / "diffusion_pytorch_model.safetensors").read_bytes())
+    with pytest.raises(CheckpointError, match=r"blocks\.0\.ffn\.net\.0\.proj\.(weight|bias)' has shape \((32|32, 24)\).*expects \(64"):
+        load_transformer(bad, subfolder=None)
+
+
+def test_truncated_checkpoint_is_a_clear_error(tmp_path, models):
+    _, _, folder = models["t2v"]
+    (tmp_path / "config.json").write_text((folder / "config.json").read_text())
+    data = (folder / "diffusion_pytorch_model.safetensors").read_bytes()
+    (tmp_path / "diffusion_pytorch_model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_transformer(tmp_path, subfolder=None)
+
+
+def test_unknown_qk_norm_is_rejected():
+    from nodes.wan.transformer import WanTransformer3DModel
+    with pytest.raises(ValueError, match="qk_norm"):
+        WanTransformer3DModel.from_config({**BASE, "qk_norm": "layer_norm"})
+
+
+def test_image_embeds_without_image_branch_is_an_error(models):
+    _, ours, _ = models["t2v"]
+    x, ctx, rng = inputs(CONFIGS["t2v"])
+    with pytest.raises(ValueError, match="no image branch"):
+        ours(ms.Tensor(x), ms.Tensor(np.array([1, 2])), ms.Tensor(ctx), ms.Tensor(np.zeros((2, 5, 24), np.float32)))
