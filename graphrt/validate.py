@@ -123,7 +123,7 @@ def validate_nodes(nodes: dict) -> list[ValidationError]:
                                           f"unknown node type '{ctype}'{_suggest(str(ctype), node_names())}"))
             continue
         spec = cls.input_map()
-        inputs = node.get("inputs", {})
+        inputs = node.setdefault("inputs", {})
         constants, node_ok = {}, True
         for name, value in inputs.items():
             inp = spec.get(name)
@@ -168,6 +168,9 @@ def validate_nodes(nodes: dict) -> list[ValidationError]:
                 else:
                     constants[name] = coerced
         for inp in cls.INPUTS:
+            if inp.name not in inputs and not inp.optional and inp.is_value and inp.default is not None:
+                inputs[inp.name] = constants[inp.name] = inp.default   # widgets may be omitted: default applies
+                continue
             if not inp.optional and inp.name not in inputs:
                 errors.append(ValidationError(nid, ctype, inp.name, inp.describe(), "nothing",
                                               f"required input '{inp.name}' is missing"))

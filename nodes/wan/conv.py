@@ -118,6 +118,8 @@ def _flat_conv(x, wtap, kernel, out_sizes):
     step = max(1, COL_BUDGET_BYTES // per_col)
     span = offs[-1]
     use_jit = JIT_MIN_FLOPS is not None and 2 * wtap.shape[0] * wtap.shape[1] * min(n, step) >= JIT_MIN_FLOPS
+    if use_jit:
+        wtap = wtap.contiguous()
     parts = []
     for n0 in range(0, n, step):
         n1 = min(n, n0 + step)
@@ -126,7 +128,7 @@ def _flat_conv(x, wtap, kernel, out_sizes):
             # Equal slabs keep one compiled graph per conv shape: redo a few columns instead.
             skip, n0 = step - (n1 - n0), n1 - step
         if use_jit:
-            y = _slab_fn(tuple(offs), n1 - n0)(xf[:, n0:n1 + span], wtap)
+            y = _slab_fn(tuple(offs), n1 - n0)(xf[:, n0:n1 + span].contiguous(), wtap)  # views run 5x slower
         elif len(offs) == 1:
             y = _matmul(wtap, xf[:, n0 + offs[0]:n1 + offs[0]])
         else:

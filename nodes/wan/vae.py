@@ -526,6 +526,9 @@ class AutoencoderKLWan(nn.Cell):
         self.post_quant_conv = CausalConv3d(z_dim, z_dim, 1, dtype=dtype)
         self.decoder = Decoder3d(decoder_base_dim or base_dim, z_dim, dim_mult, num_res_blocks,
                                  temperal_downsample[::-1], out_channels, is_residual, dtype)
+        for p in self.get_parameters():
+            # Inference only; also keeps compiled conv slabs from recording gradient graphs.
+            p.requires_grad = False
         self.use_tiling = False
         self.tile_sample_min_height = 256
         self.tile_sample_min_width = 256

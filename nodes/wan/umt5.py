@@ -1,0 +1,165 @@
+"""The UMT5 text encoder (transformers' `UMT5EncoderModel`) on MindSpore.
+
+T5 semantics: unscaled embeddings, RMS pre-norms with float32 statistics, no
+1/sqrt(d) in attention, an additive relative-position bias that every UMT5
+layer owns, gated GELU-tanh feed-forward. The bucket table is integer data
+computed in numpy: MindSpore CPU's log is off by one bucket at 16, 32, 64...
+(mindspore_cpu.md §7.3).
+"""
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+import mindspore as ms
+from mindspore import Parameter, mint, nn, ops
+
+from .attention import attention
+from .layers import Linear, gelu_tanh
+from .runtime import device
+
+
+@lru_cache(maxsize=16)
+def relative_buckets(q_len: int, k_len: int, num_buckets: int, max_distance: int) -> np.ndarray:
+    """Bidirectional T5 buckets [q_len, k_len] (int32), in torch's float32 arithmetic."""
+    rel = np.arange(k_len)[None, :] - np.arange(q_len)[:, None]
+    half = num_buckets // 2
+    buckets = (rel > 0).astype(np.int64) * half
+    rel = np.abs(rel)
+    max_exact = half // 2
+    with np.errstate(divide="ignore"):
+        log_ratio = np.log(rel.astype(np.float32) / np.float32(max_exact)) / np.float32(math.log(max_distance / max_exact))
+    large = max_exact + (log_ratio * np.float32(half - max_exact)).astype(np.float32)
+    large = np.where(rel < max_exact, 0, large).astype(np.int64)
+    large = np.minimum(large, half - 1)
+    return (buckets + np.where(rel < max_exact, rel, large)).astype(np.int32)
+
+
+class T5LayerNorm(nn.Cell):
+    def __init__(self, dim, eps, dtype):
+        super().__init__()
+        self.eps = eps
+        self.weight = Parameter(mint.ones((dim,), dtype=dtype), name="weight")
+
+    def construct(self, x):
+        var = mint.mean(x.astype(ms.float32) ** 2, -1, keepdim=True)
+        x = x * mint.rsqrt(var + self.eps)
+        if self.weight.dtype in (ms.float16, ms.bfloat16):
+            x = x.astype(self.weight.dtype)
+        return self.weight * x
+
+
+class SelfAttention(nn.Cell):
+    def __init__(self, d_model, d_kv, heads, num_buckets, dtype):
+        super().__init__()
+        inner = d_kv * heads
+        self.heads, self.d_kv = heads, d_kv
+        self.q = Linear(d_model, inner, bias=False, dtype=dtype)
+        self.k = Linear(d_model, inner, bias=False, dtype=dtype)
+        self.v = Linear(d_model, inner, bias=False, dtype=dtype)
+        self.o = Linear(inner, d_model, bias=False, dtype=dtype)
+        self.relative_attention_bias = _Embedding(num_buckets, heads, dtype)
+
+    def construct(self, x, buckets, mask_bias):
+        b, l, _ = x.shape
+        split = lambda t: t.reshape(b, l, self.heads, self.d_kv).swapaxes(1, 2)
+        q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
+        pos = self.relative_attention_bias(buckets).permute(2, 0, 1).unsqueeze(0)   # [1, H, L, L]
+        out = attention(q, k, v, scale=1.0, bias=pos.astype(ms.float32) + mask_bias, use_fused=False)
+        return self.o(out.swapaxes(1, 2).reshape(b, l, self.heads * self.d_kv))
+
+
+class _Embedding(nn.Cell):
+    def __init__(self, num, dim, dtype):
+        super().__init__()
+        self.weight = Parameter(mint.zeros((num, dim), dtype=dtype), name="weight")
+
+    def construct(self, ids):
+        return ops.gather(self.weight, ids, 0)
+
+
+class _AttnLayer(nn.Cell):
+    def __init__(self, d_model, d_kv, heads, buckets, eps, dtype):
+        super().__init__()
+        self.SelfAttention = SelfAttention(d_model, d_kv, heads, buckets, dtype)
+        self.layer_norm = T5LayerNorm(d_model, eps, dtype)
+
+
+class _GatedFF(nn.Cell):
+    def __init__(self, d_model, d_ff, dtype, wo_dtype):
+        super().__init__()
+        self.wi_0 = Linear(d_model, d_ff, bias=False, dtype=dtype)
+        self.wi_1 = Linear(d_model, d_ff, bias=False, dtype=dtype)
+        self.wo = Linear(d_ff, d_model, bias=False, dtype=wo_dtype)
+
+    def construct(self, x):
+        h = gelu_tanh(self.wi_0(x)) * self.wi_1(x)
+        return self.wo(h.astype(self.wo.weight.dtype))
+
+
+class _FFLayer(nn.Cell):
+    def __init__(self, d_model, d_ff, eps, dtype, wo_dtype):
+        super().__init__()
+        self.DenseReluDense = _GatedFF(d_model, d_ff, dtype, wo_dtype)
+        self.layer_norm = T5LayerNorm(d_model, eps, dtype)
+
+
+class UMT5Block(nn.Cell):
+    def __init__(self, d_model, d_kv, d_ff, heads, buckets, eps, dtype, wo_dtype):
+        super().__init__()
+        self.layer = nn.CellList([_AttnLayer(d_model, d_kv, heads, buckets, eps, dtype),
+                                  _FFLayer(d_model, d_ff, eps, dtype, wo_dtype)])
+
+    def construct(self, x, buckets, mask_bias):
+        attn, ff = self.layer[0], self.layer[1]
+        x = x + attn.SelfAttention(attn.layer_norm(x), buckets, mask_bias).astype(x.dtype)
+        return x + ff.DenseReluDense(ff.layer_norm(x)).astype(x.dtype)
+
+
+class _Encoder(nn.Cell):
+    def __init__(self, cfg, dtype, wo_dtype):
+        super().__init__()
+        self.block = nn.CellList([UMT5Block(cfg["d_model"], cfg["d_kv"], cfg["d_ff"], cfg["num_heads"],
+                                            cfg["relative_attention_num_buckets"], cfg["layer_norm_epsilon"],
+                                            dtype, wo_dtype) for _ in range(cfg["num_layers"])])
+        self.final_layer_norm = T5LayerNorm(cfg["d_model"], cfg["layer_norm_epsilon"], dtype)
+
+
+class UMT5EncoderModel(nn.Cell):
+    WEIGHTS_NAME = "model"
+    KEEP_FP32 = ("wo",)          # transformers keeps `wo` in fp32 for half-precision loads
+    IGNORE_UNEXPECTED = ("encoder.embed_tokens.weight", "decoder.")
+
+    DEFAULTS = dict(d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+                    relative_attention_num_buckets=32, relative_attention_max_distance=128,
+                    layer_norm_epsilon=1e-6, vocab_size=256384, feed_forward_proj="gated-gelu")
+
+    def __init__(self, config: dict, dtype=ms.float32):
+        super().__init__()
+        cfg = {**self.DEFAULTS, **{k: v for k, v in config.items() if k in self.DEFAULTS}}
+        if cfg["feed_forward_proj"] != "gated-gelu":
+            raise ValueError(f"only UMT5 with feed_forward_proj='gated-gelu' is supported, got {cfg['feed_forward_proj']!r}")
+        self.cfg, self.config, self.dtype = cfg, dict(config), dtype
+        wo_dtype = ms.float32 if dtype in (ms.float16, ms.bfloat16) else dtype
+        self.shared = _Embedding(cfg["vocab_size"], cfg["d_model"], dtype)
+        self.encoder = _Encoder(cfg, dtype, wo_dtype)
+        self._device = device()
+
+    @classmethod
+    def from_config(cls, config: dict, dtype=ms.float32) -> "UMT5EncoderModel":
+        return cls(config, dtype=dtype)
+
+    def construct(self, input_ids, attention_mask=None):
+        ids = np.asarray(input_ids.asnumpy() if hasattr(input_ids, "asnumpy") else input_ids).astype(np.int32)
+        b, l = ids.shape
+        mask = np.ones((b, l), np.float32) if attention_mask is None else \
+            np.asarray(attention_mask.asnumpy() if hasattr(attention_mask, "asnumpy") else attention_mask, np.float32)
+        # padded keys get the dtype minimum, as transformers' bidirectional mask does
+        mask_bias = ms.Tensor(((1.0 - mask) * np.finfo(np.float32).min)[:, None, None, :].astype(np.float32))
+        buckets = ms.Tensor(relative_buckets(l, l, self.cfg["relative_attention_num_buckets"],
+                                             self.cfg["relative_attention_max_distance"]))
+        x = self.shared(ms.Tensor(ids))
+        for block in self.encoder.block:
+            x = block(x, buckets, mask_bias)
+        return self.encoder.final_layer_norm(x)
