@@ -192,14 +192,15 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("workflow")
     pp.set_defaults(fn=cmd_params)
     for sp in (r, v, n, pp):
-        sp.add_argument("--nodes", action="append", default=[], metavar="MODULE", help=argparse.SUPPRESS)
+        sp.add_argument("--nodes", action="append", default=[], dest="sub_nodes", metavar="MODULE",
+                        help="import an extra node module (repeatable)")
     return p
 
 
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     load_node_packs()
-    for module in a.nodes:
+    for module in a.nodes + a.sub_nodes:
         import_module_nodes(module)
     try:
         return a.fn(a)
