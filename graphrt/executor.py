@@ -2,6 +2,8 @@
 interrupts and the per-node report."""
 from __future__ import annotations
 
+import hashlib
+import json
 import resource
 import threading
 import time
@@ -15,7 +17,7 @@ import networkx as nx
 from .cache import OutputCache, signature
 from .errors import Interrupted, NodeExecutionError, ValidationError, WorkflowError
 from .events import Event, NodeReport, RunReport
-from .registry import get_node_class, load_node_packs
+from .registry import get_node_class, load_node_packs, registry_version
 from .types import InterruptedRun, NodeContext
 from .validate import apply_params, validate_nodes
 from .workflow import Workflow, is_link
@@ -66,6 +68,15 @@ class _Plan:
         self.position = {nid: i for i, nid in enumerate(self.order)}
         self.targets = targets
         self.relevant = self._closure(targets, follow_lazy=True)
+        # Nodes with no fingerprint or always-run node in their ancestry have a
+        # signature fixed by the workflow itself: computed once per plan.
+        self.static_sigs: dict[str, str] = {}
+        self.dynamic: set[str] = set()
+        for nid in self.order:
+            cls = self.cls[nid]
+            if hasattr(cls, "fingerprint") or cls.ALWAYS_RUN or \
+                    any(src in self.dynamic for _, src, _, _ in self.links[nid]):
+                self.dynamic.add(nid)
 
     def _closure(self, start, follow_lazy: bool) -> set:
         seen, stack = set(), list(start)
@@ -92,6 +103,7 @@ class Executor:
         self.output_dir = Path(output_dir)
         self._subscribers = [on_event] if on_event else []
         self._interrupt = threading.Event()
+        self._plans: dict = {}
 
     # -- events and interrupts -----------------------------------------------------------
     def subscribe(self, callback):
@@ -111,6 +123,39 @@ class Executor:
 
     # -- running -------------------------------------------------------------------------
     def prepare(self, wf: Workflow, params: dict | None = None, targets=None) -> _Plan:
+        """Validate and plan; a re-run of the same workflow object with the same
+        params and targets reuses the plan (validation is the bulk of a cached run)."""
+        try:
+            key = json.dumps([params, targets], sort_keys=True, default=repr)
+        except (TypeError, ValueError):
+            key = None
+        plans = wf.__dict__.setdefault("_plans", {})
+        stamp = registry_version()
+        if key is not None and key in plans and plans[key][0] == stamp:
+            return plans[key][1]
+        # The same content loaded again (e.g. the CLI re-reading a file) reuses it too.
+        content = None
+        if key is not None:
+            try:
+                content = hashlib.blake2b(json.dumps([wf._data, key], sort_keys=True).encode(),
+                                          digest_size=16).hexdigest()
+            except (TypeError, ValueError):
+                content = None
+        hit = self._plans.get(content) if content else None
+        if hit is not None and hit[0] == stamp:
+            plan = hit[1]
+        else:
+            plan = self._prepare(wf, params, targets)
+            if content:
+                self._plans[content] = (stamp, plan)
+                while len(self._plans) > 16:
+                    self._plans.pop(next(iter(self._plans)))
+        if key is not None:
+            plans.clear()
+            plans[key] = (stamp, plan)
+        return plan
+
+    def _prepare(self, wf: Workflow, params, targets) -> _Plan:
         nodes, errors = apply_params(wf, params)
         errors += validate_nodes(nodes)
         if targets is not None:
@@ -187,8 +232,12 @@ class _RunState:
 
     def _signatures(self):
         plan = self.plan
+        static = plan.static_sigs
         for nid in plan.order:
             if nid not in plan.relevant:
+                continue
+            if nid in static:
+                self.sigs[nid] = static[nid]
                 continue
             cls = plan.cls[nid]
             node_inputs = plan.nodes[nid].get("inputs", {})
@@ -203,6 +252,8 @@ class _RunState:
                 fp = [fp, self.nonce]
             parents = [(name, self.sigs[src], slot) for name, src, slot, _ in plan.links[nid]]
             self.sigs[nid] = signature(cls.class_name(), constants, fp, parents)
+            if nid not in plan.dynamic:
+                static[nid] = self.sigs[nid]
 
     def run_set(self, wanted: set):
         for nid in wanted:

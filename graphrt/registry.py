@@ -12,6 +12,7 @@ ENTRY_POINT_GROUP = "graphrt.nodes"
 _REGISTRY: dict[str, type[Node]] = {}
 _PACKS_LOADED = False
 PACK_ERRORS: dict[str, str] = {}
+_VERSION = 0
 
 
 def register_node(cls: type[Node]) -> type[Node]:
@@ -30,11 +31,20 @@ def register_node(cls: type[Node]) -> type[Node]:
         if not isinstance(o, Output):
             raise TypeError(f"{name}.OUTPUTS must hold graphrt.Output objects, got {o!r}")
     _REGISTRY[name] = cls
+    global _VERSION
+    _VERSION += 1
     return cls
 
 
 def unregister_node(name: str) -> None:
+    global _VERSION
     _REGISTRY.pop(name, None)
+    _VERSION += 1
+
+
+def registry_version() -> int:
+    """Changes whenever a node type is (un)registered, so cached plans are redone."""
+    return _VERSION
 
 
 def get_node_class(name: str) -> type[Node] | None:

@@ -75,7 +75,8 @@ def _param_input(spec: dict) -> Input:
 
 def apply_params(wf: Workflow, params: dict | None):
     """The workflow's node dict with parameter values written into their targets, plus errors."""
-    nodes = copy.deepcopy(wf.nodes)
+    # Constants are never mutated, so copying each node's inputs dict is enough.
+    nodes = {nid: {**node, "inputs": dict(node.get("inputs") or {})} for nid, node in wf.nodes.items()}
     errors: list[ValidationError] = []
     declared = wf.params
     for name, spec in declared.items():
@@ -188,10 +189,9 @@ def validate_nodes(nodes: dict) -> list[ValidationError]:
                     field = next((n for n in spec if str(msg).startswith(n + " ") or f"'{n}'" in str(msg)), None)
                     errors.append(ValidationError(nid, ctype, field, "a valid combination",
                                                   _repr(constants.get(field)) if field else "", str(msg)))
-    try:
+    cycle = None
+    if not nx.is_directed_acyclic_graph(graph):
         cycle = nx.find_cycle(graph)
-    except nx.NetworkXNoCycle:
-        cycle = None
     if cycle:
         ids = [a for a, _ in cycle]
         errors.append(ValidationError(ids[0], nodes.get(ids[0], {}).get("class_type"), None, "an acyclic graph",
