@@ -9,12 +9,15 @@ Semantics are torch's `F.conv3d` / `F.conv2d` with symmetric zero `padding`,
 
 On Ascend/GPU the device kernels (`ops.conv3d` / `ops.conv2d`) are used. On CPU
 MindSpore's Conv3D/Conv2D fall back to oneDNN's reference kernel (~0.4 GFLOP/s,
-mindspore_cpu.md §3), so there the convolution is an im2col (one strided slice
-per kernel tap, concatenated) followed by one matmul, which runs at matmul speed.
-The column matrix is built for slabs of output frames/rows so that it never
-exceeds `COL_BUDGET_BYTES`.
+mindspore_cpu.md §3), so there the convolution is an im2col followed by one
+matmul per slab. For spatial stride 1 (every VAE conv except the encoder's
+stride-2 downsampling) the padded input is flattened so each kernel tap is a
+contiguous slice at a fixed offset; the column matrix is built for slabs of
+output positions so that it never exceeds `COL_BUDGET_BYTES`.
 """
 from __future__ import annotations
+
+import os
 
 import mindspore as ms
 from mindspore import mint, ops
@@ -24,10 +27,11 @@ from .runtime import device
 # Largest im2col matrix materialised at once on the CPU path.
 COL_BUDGET_BYTES = 256 * 1024 * 1024
 
-# Column slabs whose matmul reaches this many FLOPs run as a compiled graph on CPU
-# (stack + matmul fused: 2–3x faster than eager); None disables. Each conv shape
-# compiles once (~1–3 s), so small convs stay eager.
-JIT_MIN_FLOPS = 2e9
+# Opt-in (GRAPHRT_CONV_JIT=1): column slabs whose matmul reaches this many FLOPs run
+# as a compiled graph (stack + matmul: 2–3x faster per call), but each conv shape
+# compiles once (~1 s), which on a single Wan2.1 decode cancels the gain
+# (308 s vs 296 s eager). Worth it only for repeated decodes of one size.
+JIT_MIN_FLOPS = 2e9 if os.environ.get("GRAPHRT_CONV_JIT") == "1" else None
 
 _matmul = ops.MatMul()
 _SLAB_FNS = {}
