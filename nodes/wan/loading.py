@@ -21,9 +21,9 @@ def _load(cls, path_or_repo, subfolder, dtype, config=None):
         config = read_config(folder if folder.is_dir() else folder.parent)
     model = cls.from_config(config, dtype=dtype)
     ckpt = open_checkpoint(folder, cls.WEIGHTS_NAME)
+    key_map = cls.key_map_for(ckpt.keys()) if hasattr(cls, "key_map_for") else None
     load_into(model, ckpt, dtype=dtype, keep_fp32=getattr(cls, "KEEP_FP32", ()),
-              ignore_unexpected=getattr(cls, "IGNORE_UNEXPECTED", ()),
-              key_map=getattr(cls, "checkpoint_key", None), source=str(folder))
+              ignore_unexpected=getattr(cls, "IGNORE_UNEXPECTED", ()), key_map=key_map, source=str(folder))
     model.set_train(False)
     return model
 
