@@ -207,3 +207,17 @@ def test_conv2d_im2col(stride, padding):
                                         stride, padding).numpy()
     out = conv_mod.conv2d(ms.Tensor(x), ms.Tensor(w), ms.Tensor(b), stride, padding).asnumpy()
     assert rel_err(out, expect) < 1e-5
+
+
+@pytest.mark.parametrize("budget", [256 << 20, 2000])
+def test_conv3d_compiled_slabs(budget, monkeypatch):
+    """The compiled (ms.jit) slab path used for large convs, incl. equal-size slabs with overlap."""
+    shape, kernel, stride, padding = (1, 5, 4, 9, 11), (3, 3, 3), (1, 1, 1), (1, 1, 1)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal(shape, dtype=np.float32)
+    w = rng.standard_normal((7, shape[1]) + kernel, dtype=np.float32)
+    expect = torch.nn.functional.conv3d(torch.from_numpy(x), torch.from_numpy(w), None, stride, padding).numpy()
+    monkeypatch.setattr(conv_mod, "COL_BUDGET_BYTES", budget)
+    monkeypatch.setattr(conv_mod, "JIT_MIN_FLOPS", 0)
+    out = conv_mod.conv3d(ms.Tensor(x), ms.Tensor(w), None, stride, padding).asnumpy()
+    assert rel_err(out, expect) < 1e-5
