@@ -1,0 +1,120 @@
+"""Loading: hub repo ids through huggingface_hub's cache (offline), per-component
+dtypes, the pipeline layout, and clear errors."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import mindspore as ms
+
+from nodes.wan import load_transformer, load_vae
+from nodes.wan.presets import tiny_pipeline_path
+from nodes.wan.safetensors_io import CheckpointError, SafetensorsFile, save_file
+from nodes.wan.weights import resolve
+
+REPO = "Wan-AI/Wan2.1-T2V-Tiny-Diffusers"
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_pipeline_path()
+
+
+@pytest.fixture
+def hub_cache(tmp_path, tiny, monkeypatch):
+    """A huggingface_hub cache holding REPO, as `huggingface-cli download` leaves it."""
+    cache = tmp_path / "hub"
+    snap = cache / f"models--{REPO.replace('/', '--')}" / "snapshots" / ("0" * 40)
+    shutil.copytree(tiny, snap)
+    refs = snap.parent.parent / "refs"
+    refs.mkdir()
+    (refs / "main").write_text("0" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as c
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
+    return cache
+
+
+def test_repo_id_resolves_through_the_hub_cache(hub_cache, tiny):
+    folder = resolve(REPO, "transformer")
+    assert (folder / "config.json").exists() and "models--Wan-AI" in str(folder)
+    model = load_transformer(REPO, dtype="float32")
+    ref = load_transformer(tiny)
+    for (n1, p1), (n2, p2) in zip(model.parameters_and_names(), ref.parameters_and_names()):
+        assert n1 == n2 and np.array_equal(p1.asnumpy(), p2.asnumpy())
+
+
+def test_offline_with_nothing_cached_names_repo_and_command(hub_cache):
+    with pytest.raises(FileNotFoundError) as info:
+        load_vae("Wan-AI/Wan2.1-T2V-1.3B-Diffusers")
+    msg = str(info.value)
+    assert "Wan-AI/Wan2.1-T2V-1.3B-Diffusers" in msg and "huggingface-cli download" in msg and "vae" in msg
+
+
+def test_missing_local_paths_are_clear(tmp_path, tiny):
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+        load_vae(str(tmp_path / "nope" / "x"))
+    with pytest.raises(FileNotFoundError, match="has no 'transformer_9' folder"):
+        load_transformer(tiny, subfolder="transformer_9")
+
+
+def test_fp16_component_dtype_keeps_fp32_modules(tiny):
+    model = load_transformer(tiny, dtype="float16")
+    dtypes = {n: p.dtype for n, p in model.parameters_and_names()}
+    assert dtypes["blocks.0.attn1.to_q.weight"] == ms.float16
+    assert dtypes["condition_embedder.time_embedder.linear_1.weight"] == ms.float32
+    assert dtypes["blocks.0.scale_shift_table"] == ms.float32 and dtypes["blocks.0.norm2.weight"] == ms.float32
+
+
+def test_bf16_compute_is_refused_on_cpu(tiny):
+    with pytest.raises(ValueError, match="bfloat16 compute is not supported by MindSpore on CPU"):
+        load_transformer(tiny, dtype="bfloat16")
+    with pytest.raises(ValueError, match="unknown dtype"):
+        load_transformer(tiny, dtype="float8")
+
+
+def test_fp8_and_bf16_tensors_are_widened_exactly(tmp_path):
+    import struct
+    vals = np.array([0.0, 1.0, -2.5, 0.015625, 448.0], np.float32)
+    bf16 = (vals.view(np.uint32) >> 16).astype(np.uint16)
+    e4m3 = np.array([0x00, 0x38, 0xC2, 0x08, 0x7E], np.uint8)     # 0, 1, -2.5, 2^-6 ... 448
+    header = {"b": {"dtype": "BF16", "shape": [5], "data_offsets": [0, 10]},
+              "f": {"dtype": "F8_E4M3", "shape": [5], "data_offsets": [10, 15]}}
+    h = json.dumps(header).encode()
+    (tmp_path / "x.safetensors").write_bytes(struct.pack("<Q", len(h)) + h + bf16.tobytes() + e4m3.tobytes())
+    f = SafetensorsFile(tmp_path / "x.safetensors")
+    np.testing.assert_array_equal(f.get("b"), vals)
+    np.testing.assert_array_equal(f.get("f"), np.array([0.0, 1.0, -2.5, 0.015625, 448.0], np.float32))
+
+
+def test_corrupt_header_is_a_clear_error(tmp_path):
+    (tmp_path / "bad.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    with pytest.raises(CheckpointError, match="corrupt safetensors header|not a safetensors file"):
+        SafetensorsFile(tmp_path / "bad.safetensors")
+    (tmp_path / "tiny.safetensors").write_bytes(b"\x01")
+    with pytest.raises(CheckpointError, match="not a safetensors file"):
+        SafetensorsFile(tmp_path / "tiny.safetensors")
+
+
+def test_save_file_round_trip(tmp_path):
+    arrs = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(4, np.float16)}
+    save_file(arrs, tmp_path / "r.safetensors")
+    f = SafetensorsFile(tmp_path / "r.safetensors")
+    for k, v in arrs.items():
+        np.testing.assert_array_equal(f.get(k), v)
+
+
+def test_tiny_preset_is_deterministic(tmp_path, monkeypatch, tiny):
+    from nodes.wan import presets
+    monkeypatch.setenv("GRAPHRT_HOME", str(tmp_path))
+    again = presets.tiny_pipeline_path()
+    assert again != tiny
+    for rel in ("transformer/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
+                "text_encoder/model.safetensors", "tokenizer/tokenizer.json"):
+        assert (again / rel).read_bytes() == (tiny / rel).read_bytes(), rel
