@@ -10,6 +10,10 @@ SOURCE_TIP = ("A Wan '-Diffusers' folder, a hub repo id such as Wan-AI/Wan2.1-T2
               "or 'tiny' for the built-in random-weight preset.")
 
 
+COMPILE_TIP = ("Run the transformer blocks under ms.jit (graph mode): about 3x faster on CPU for the 1.3B model; "
+               "each new latent size compiles once. Falls back to eager if compilation fails.")
+
+
 class _SourceNode(Node):
     @classmethod
     def fingerprint(cls, source="tiny", **_):
@@ -25,14 +29,16 @@ class WanPipelineLoader(_SourceNode):
         Input("dtype", DTYPES, default="float32", tooltip="Transformer compute dtype (float32 on CPU)."),
         Input("text_encoder_dtype", DTYPES, default="float32"),
         Input("vae_dtype", DTYPES, default="float32", tooltip="The VAE is best run in float32."),
+        Input("compile", "BOOLEAN", default=True, optional=True, tooltip=COMPILE_TIP),
     ]
     OUTPUTS = [Output("model", "MODEL"), Output("text_encoder", "TEXT_ENCODER"), Output("vae", "VAE")]
 
-    def execute(self, ctx, source, dtype="float32", text_encoder_dtype="float32", vae_dtype="float32"):
+    def execute(self, ctx, source, dtype="float32", text_encoder_dtype="float32", vae_dtype="float32", compile=True):
         from .wan.pipeline import load_denoiser, load_text, resolve_source
         from .wan.loading import load_vae
         root = resolve_source(source)
-        return (load_denoiser(root, dtype), load_text(root, text_encoder_dtype), load_vae(root, "vae", vae_dtype))
+        return (load_denoiser(root, dtype, compile), load_text(root, text_encoder_dtype),
+                load_vae(root, "vae", vae_dtype))
 
 
 @register_node
@@ -40,12 +46,13 @@ class WanModelLoader(_SourceNode):
     CATEGORY = "loaders/wan"
     DESCRIPTION = "Loads only the transformer(s) of a Wan pipeline, with its scheduler settings."
     INPUTS = [Input("source", "STRING", default="tiny", tooltip=SOURCE_TIP),
-              Input("dtype", DTYPES, default="float32")]
+              Input("dtype", DTYPES, default="float32"),
+              Input("compile", "BOOLEAN", default=True, optional=True, tooltip=COMPILE_TIP)]
     OUTPUTS = [Output("model", "MODEL")]
 
-    def execute(self, ctx, source, dtype="float32"):
+    def execute(self, ctx, source, dtype="float32", compile=True):
         from .wan.pipeline import load_denoiser
-        return (load_denoiser(source, dtype),)
+        return (load_denoiser(source, dtype, compile),)
 
 
 @register_node

@@ -15,7 +15,7 @@ import mindspore as ms
 from mindspore import Parameter, mint, nn, ops
 
 from .attention import attention
-from .layers import LayerNorm, Linear, gelu_exact
+from .layers import param_init, LayerNorm, Linear, gelu_exact
 
 
 def quick_gelu(x):
@@ -67,7 +67,7 @@ class _Embeddings(nn.Cell):
         super().__init__()
         self.patch, self.dim = patch, dim
         n = (image_size // patch) ** 2 + 1
-        self.class_embedding = Parameter(mint.zeros((dim,), dtype=dtype), name="class_embedding")
+        self.class_embedding = Parameter(param_init("zeros", (dim,), dtype), name="class_embedding")
         self.patch_embedding = _PatchConv(dim, channels, patch, dtype)
         self.position_embedding = _Table(n, dim, dtype)
 
@@ -83,7 +83,7 @@ class _PatchConv(nn.Cell):
     def __init__(self, dim, channels, patch, dtype):
         super().__init__()
         self.patch, self.dim = patch, dim
-        self.weight = Parameter(mint.zeros((dim, channels, patch, patch), dtype=dtype), name="weight")
+        self.weight = Parameter(param_init("zeros", (dim, channels, patch, patch), dtype), name="weight")
         self.matmul = ops.MatMul(transpose_b=True)
 
     def construct(self, x):
@@ -96,7 +96,7 @@ class _PatchConv(nn.Cell):
 class _Table(nn.Cell):
     def __init__(self, n, dim, dtype):
         super().__init__()
-        self.weight = Parameter(mint.zeros((n, dim), dtype=dtype), name="weight")
+        self.weight = Parameter(param_init("zeros", (n, dim), dtype), name="weight")
 
 
 class _Encoder(nn.Cell):

@@ -9,6 +9,13 @@ import math
 
 import mindspore as ms
 from mindspore import Parameter, mint, nn, ops
+from mindspore.common.initializer import initializer
+
+
+def param_init(kind: str, shape, dtype):
+    """A lazily-initialised parameter value: no memory is allocated until the
+    checkpoint's tensor replaces it, so a load never holds two copies of the model."""
+    return initializer(kind, tuple(shape), dtype)
 
 
 class Linear(nn.Cell):
@@ -21,8 +28,8 @@ class Linear(nn.Cell):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype=ms.float32):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self.weight = Parameter(mint.zeros((out_features, in_features), dtype=dtype), name="weight")
-        self.bias = Parameter(mint.zeros((out_features,), dtype=dtype), name="bias") if bias else None
+        self.weight = Parameter(param_init("zeros", (out_features, in_features), dtype), name="weight")
+        self.bias = Parameter(param_init("zeros", (out_features,), dtype), name="bias") if bias else None
         self.matmul = ops.MatMul(transpose_b=True)
 
     def construct(self, x):
@@ -44,8 +51,8 @@ class LayerNorm(nn.Cell):
         super().__init__()
         self.dim, self.eps, self.affine = dim, eps, affine
         if affine:
-            self.weight = Parameter(mint.ones((dim,), dtype=dtype), name="weight")
-            self.bias = Parameter(mint.zeros((dim,), dtype=dtype), name="bias")
+            self.weight = Parameter(param_init("ones", (dim,), dtype), name="weight")
+            self.bias = Parameter(param_init("zeros", (dim,), dtype), name="bias")
         else:
             self.weight = None
             self.bias = None
@@ -68,7 +75,7 @@ class RMSNorm(nn.Cell):
     def __init__(self, dim: int, eps: float = 1e-6, dtype=ms.float32):
         super().__init__()
         self.eps = eps
-        self.weight = Parameter(mint.ones((dim,), dtype=dtype), name="weight")
+        self.weight = Parameter(param_init("ones", (dim,), dtype), name="weight")
 
     def construct(self, x):
         dtype = x.dtype

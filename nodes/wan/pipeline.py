@@ -27,12 +27,20 @@ def _model_index(root: Path) -> dict:
     return read_config(root, "model_index.json") if (root / "model_index.json").exists() else {}
 
 
-def load_denoiser(source: str | os.PathLike, dtype="float32") -> WanDenoiser:
-    """The transformer(s) of a pipeline folder, with its scheduler and MoE settings."""
+def load_denoiser(source: str | os.PathLike, dtype="float32", compile: bool = False) -> WanDenoiser:
+    """The transformer(s) of a pipeline folder, with its scheduler and MoE settings.
+
+    `compile=True` runs the transformer blocks under ms.jit (about 3x faster on
+    CPU for the 1.3B model; each new latent shape compiles once).
+    """
     root = resolve_source(source)
     index = _model_index(root)
     t1 = load_transformer(root, "transformer", dtype=dtype)
     t2 = load_transformer(root, "transformer_2", dtype=dtype) if (root / "transformer_2").is_dir() else None
+    if compile:
+        t1.compile()
+        if t2 is not None:
+            t2.compile()
     sched = read_config(root / "scheduler", "scheduler_config.json") if (root / "scheduler").is_dir() else {}
     return WanDenoiser(transformer=t1, transformer_2=t2, boundary_ratio=index.get("boundary_ratio"),
                        expand_timesteps=bool(index.get("expand_timesteps", False)),
@@ -96,7 +104,7 @@ class WanPipeline:
 
 
 def load_pipeline(source: str | os.PathLike, dtype="float32", vae_dtype="float32",
-                  text_encoder_dtype="float32") -> WanPipeline:
+                  text_encoder_dtype="float32", compile: bool = False) -> WanPipeline:
     root = resolve_source(source)
-    return WanPipeline(denoiser=load_denoiser(root, dtype), text_encoder=load_text(root, text_encoder_dtype),
+    return WanPipeline(denoiser=load_denoiser(root, dtype, compile), text_encoder=load_text(root, text_encoder_dtype),
                        vae=load_vae(root, "vae", dtype=vae_dtype))

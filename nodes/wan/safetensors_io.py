@@ -1,9 +1,9 @@
 """A safetensors reader that needs no framework dtype support.
 
 numpy has no bfloat16 or fp8, and MindSpore's own reader breaks on some numpy
-versions (mindspore_cpu.md §7.4), so tensors are read straight from a memory
-map and widened here. Reading is lazy: a tensor's bytes are touched only when
-`get` is called, so a loader holds at most one source tensor at a time.
+versions (mindspore_cpu.md §7.4), so tensors are read from the file directly
+and widened here. Reading is lazy: a tensor's bytes are read only when `get`
+is called, so a loader holds at most one source tensor at a time.
 """
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ class SafetensorsFile:
             raise CheckpointError(
                 f"{self.path}: file is truncated ({size} bytes, its header needs {self._base + end}); "
                 "download it again")
-        self._map = np.memmap(self.path, dtype=np.uint8, mode="r") if size > self._base else None
+        self._size = size
 
     def keys(self):
         return self._entries.keys()
@@ -112,7 +112,9 @@ class SafetensorsFile:
         a, b = ent["data_offsets"]
         shape = tuple(ent["shape"])
         dt = ent["dtype"]
-        raw = self._map[self._base + a:self._base + b] if self._map is not None else np.zeros(0, np.uint8)
+        # Plain reads, not a memory map: mapped pages would count as resident
+        # memory until unmapped, doubling a loader's apparent footprint.
+        raw = np.fromfile(self.path, dtype=np.uint8, count=b - a, offset=self._base + a)
         if dt == "BF16":
             bits = raw.view(np.uint16).reshape(shape)
             return bf16_bits_to_float32(bits) if widen else bits

@@ -12,7 +12,7 @@ import mindspore as ms
 from mindspore import Parameter, mint, nn
 
 from .attention import attention
-from .layers import LayerNorm, Linear, RMSNorm, gelu_exact, gelu_tanh, silu
+from .layers import param_init, LayerNorm, Linear, RMSNorm, gelu_exact, gelu_tanh, silu
 from .rope import rope_cos_sin, timestep_sinusoid
 from .runtime import device
 
@@ -104,7 +104,7 @@ class WanTransformerBlock(nn.Cell):
         self.norm2 = LayerNorm(dim, eps, affine=True) if cross_attn_norm else nn.Identity()
         self.ffn = FeedForward(dim, ffn_dim, dim, approximate=True, dtype=dtype)
         self.norm3 = LayerNorm(dim, eps, affine=False)
-        self.scale_shift_table = Parameter(mint.zeros((1, 6, dim), dtype=ms.float32), name="scale_shift_table")
+        self.scale_shift_table = Parameter(param_init("zeros", (1, 6, dim), ms.float32), name="scale_shift_table")
 
     def construct(self, x, context, temb, rope):
         dtype = x.dtype
@@ -152,7 +152,7 @@ class ImageEmbedding(nn.Cell):
         self.norm2 = LayerNorm(dim, 1e-5, affine=True)
         self.pos_embed = None
         if pos_embed_seq_len is not None:
-            self.pos_embed = Parameter(mint.zeros((1, pos_embed_seq_len, in_dim), dtype=dtype), name="pos_embed")
+            self.pos_embed = Parameter(param_init("zeros", (1, pos_embed_seq_len, in_dim), dtype), name="pos_embed")
 
     def construct(self, x):
         if self.pos_embed is not None:
@@ -198,7 +198,7 @@ class WanTransformer3DModel(nn.Cell):
                                                        added_kv_proj_dim, dtype) for _ in range(num_layers)])
         self.norm_out = LayerNorm(dim, eps, affine=False)
         self.proj_out = Linear(dim, out_channels * int(np.prod(self.patch_size)), dtype=dtype)
-        self.scale_shift_table = Parameter(mint.zeros((1, 2, dim), dtype=ms.float32), name="scale_shift_table")
+        self.scale_shift_table = Parameter(param_init("zeros", (1, 2, dim), ms.float32), name="scale_shift_table")
         self.config: dict = {}
         self._jit_blocks = None
 
@@ -249,8 +249,17 @@ class WanTransformer3DModel(nn.Cell):
             img = ce.image_embedder(encoder_hidden_states_image.astype(dtype))
             context = mint.cat([img, context], dim=1)
 
-        run = self._jit_blocks or self._run_blocks
-        x = run(x, context, proj, cos, sin)
+        if self._jit_blocks is not None:
+            try:
+                x = self._jit_blocks(x, context, proj, cos, sin)
+            except (RuntimeError, TypeError, ValueError) as e:  # graph compile failed: stay correct, run eagerly
+                import warnings
+                warnings.warn(f"ms.jit compilation of the transformer blocks failed ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:200]}); running eagerly")
+                self._jit_blocks = None
+                x = self._run_blocks(x, context, proj, cos, sin)
+        else:
+            x = self._run_blocks(x, context, proj, cos, sin)
 
         if per_token:
             mod = self.scale_shift_table.unsqueeze(0) + temb.unsqueeze(2)
@@ -270,8 +279,8 @@ class _PatchEmbed(nn.Cell):
     def __init__(self, in_ch, dim, patch, dtype):
         super().__init__()
         self.patch, self.dim = patch, dim
-        self.weight = Parameter(mint.zeros((dim, in_ch) + patch, dtype=dtype), name="weight")
-        self.bias = Parameter(mint.zeros((dim,), dtype=dtype), name="bias")
+        self.weight = Parameter(param_init("zeros", (dim, in_ch) + patch, dtype), name="weight")
+        self.bias = Parameter(param_init("zeros", (dim,), dtype), name="bias")
         self.matmul = ms.ops.MatMul(transpose_b=True)
 
     def construct(self, x):

@@ -16,7 +16,7 @@ import mindspore as ms
 from mindspore import Parameter, mint, nn, ops
 
 from .attention import attention
-from .layers import Linear, gelu_tanh
+from .layers import param_init, Linear, gelu_tanh
 from .runtime import device
 
 
@@ -40,7 +40,7 @@ class T5LayerNorm(nn.Cell):
     def __init__(self, dim, eps, dtype):
         super().__init__()
         self.eps = eps
-        self.weight = Parameter(mint.ones((dim,), dtype=dtype), name="weight")
+        self.weight = Parameter(param_init("ones", (dim,), dtype), name="weight")
 
     def construct(self, x):
         var = mint.mean(x.astype(ms.float32) ** 2, -1, keepdim=True)
@@ -73,7 +73,7 @@ class SelfAttention(nn.Cell):
 class _Embedding(nn.Cell):
     def __init__(self, num, dim, dtype):
         super().__init__()
-        self.weight = Parameter(mint.zeros((num, dim), dtype=dtype), name="weight")
+        self.weight = Parameter(param_init("zeros", (num, dim), dtype), name="weight")
 
     def construct(self, ids):
         return ops.gather(self.weight, ids, 0)

@@ -20,6 +20,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, mint, nn, ops
 
+from .layers import param_init
 from .attention import attention
 from .conv import conv2d, conv3d
 from .runtime import to_ms_dtype
@@ -37,8 +38,8 @@ class CausalConv3d(nn.Cell):
         kernel = (kernel,) * 3 if isinstance(kernel, int) else tuple(kernel)
         self.stride = (stride,) * 3 if isinstance(stride, int) else tuple(stride)
         self.pad = (padding,) * 3 if isinstance(padding, int) else tuple(padding)
-        self.weight = Parameter(mint.zeros((out_ch, in_ch) + kernel, dtype=dtype), name="weight")
-        self.bias = Parameter(mint.zeros((out_ch,), dtype=dtype), name="bias")
+        self.weight = Parameter(param_init("zeros", (out_ch, in_ch) + kernel, dtype), name="weight")
+        self.bias = Parameter(param_init("zeros", (out_ch,), dtype), name="bias")
 
     def construct(self, x, cache=None):
         front = 2 * self.pad[0]
@@ -57,8 +58,8 @@ class Conv2d(nn.Cell):
     def __init__(self, in_ch, out_ch, kernel, stride=1, padding=0, dtype=ms.float32):
         super().__init__()
         self.stride, self.padding = stride, padding
-        self.weight = Parameter(mint.zeros((out_ch, in_ch, kernel, kernel), dtype=dtype), name="weight")
-        self.bias = Parameter(mint.zeros((out_ch,), dtype=dtype), name="bias")
+        self.weight = Parameter(param_init("zeros", (out_ch, in_ch, kernel, kernel), dtype), name="weight")
+        self.bias = Parameter(param_init("zeros", (out_ch,), dtype), name="bias")
 
     def construct(self, x):
         if x.ndim == 4:
@@ -74,7 +75,7 @@ class RMSNorm(nn.Cell):
         super().__init__()
         self.scale = dim ** 0.5
         shape = (dim, 1, 1) if images else (dim, 1, 1, 1)
-        self.gamma = Parameter(mint.ones(shape, dtype=dtype), name="gamma")
+        self.gamma = Parameter(param_init("ones", shape, dtype), name="gamma")
 
     def construct(self, x):
         xf = x.astype(ms.float32)

@@ -118,3 +118,34 @@ def test_tiny_preset_is_deterministic(tmp_path, monkeypatch, tiny):
     for rel in ("transformer/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
                 "text_encoder/model.safetensors", "tokenizer/tokenizer.json"):
         assert (again / rel).read_bytes() == (tiny / rel).read_bytes(), rel
+
+
+def test_a_load_never_holds_two_copies(tmp_path):
+    """Peak RSS while loading stays near one copy of the weights (lazy parameters, streamed reads)."""
+    import subprocess
+    import sys
+    from nodes.wan.transformer import WanTransformer3DModel
+    cfg = dict(patch_size=[1, 2, 2], num_attention_heads=4, attention_head_dim=64, in_channels=16, out_channels=16,
+               text_dim=512, freq_dim=64, ffn_dim=4096, num_layers=12, qk_norm="rms_norm_across_heads")
+    model = WanTransformer3DModel.from_config(cfg)
+    save_file({n: np.full(p.shape, 0.01, np.float32) for n, p in model.parameters_and_names()},
+              tmp_path / "diffusion_pytorch_model.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    size = (tmp_path / "diffusion_pytorch_model.safetensors").stat().st_size
+    script = f"""
+import os, sys, json, resource
+os.environ['GLOG_v'] = '3'
+sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
+import psutil, mindspore as ms
+ms.set_device('CPU')
+from nodes.wan import load_transformer
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+m = load_transformer({str(tmp_path)!r}, subfolder=None)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({{'base': base, 'peak': peak}}))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert size > 100e6
+    assert r["peak"] - r["base"] < 1.35 * size, (r, size)
