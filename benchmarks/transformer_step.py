@@ -75,13 +75,20 @@ def main():
         ours._jit_blocks = None
         t_eager, o = timed(lambda: ours(ms.Tensor(x), ms.Tensor(t), ms.Tensor(ctx)).asnumpy(),
                            a.repeat if warm else 1, warm)
-        ours.compile()
-        t_jit, oj = timed(lambda: ours(ms.Tensor(x), ms.Tensor(t), ms.Tensor(ctx)).asnumpy(),
-                          a.repeat if warm else 1)   # always warmed: the first call compiles
         r = r.numpy()
-        err = max(np.abs(o - r).max(), np.abs(oj - r).max()) / np.abs(r).max()
-        print(f"  latents {list(shape)} ({tokens} tokens): torch {t_ref:6.2f} s | ours eager {t_eager:6.2f} s "
-              f"({t_eager / t_ref:.2f}x) | ours jit {t_jit:6.2f} s ({t_jit / t_ref:.2f}x) | max rel diff {err:.1e}")
+        line = (f"  latents {list(shape)} ({tokens} tokens): torch {t_ref:6.2f} s | ours eager {t_eager:6.2f} s "
+                f"({t_eager / t_ref:.2f}x)")
+        if tokens <= 1024:
+            ours.compile()
+            t_jit, oj = timed(lambda: ours(ms.Tensor(x), ms.Tensor(t), ms.Tensor(ctx)).asnumpy(),
+                              a.repeat if warm else 1)   # always warmed: the first call compiles
+            ours._jit_blocks = None
+            err = max(np.abs(o - r).max(), np.abs(oj - r).max()) / np.abs(r).max()
+            line += f" | ours jit {t_jit:6.2f} s ({t_jit / t_ref:.2f}x)"
+        else:  # the compiled 30-block graph keeps ~1.8 GB of activations per block here: > 24 GB
+            err = np.abs(o - r).max() / np.abs(r).max()
+            line += " | jit: not run (graph memory, see README)"
+        print(line + f" | max rel diff {err:.1e}", flush=True)
     print(f"  peak RSS of the process (both models resident): {rss_gb():.1f} GB")
     del ref
     gc.collect()

@@ -73,7 +73,7 @@ def test_cli_runs_tiny_workflow(tmp_path):
     assert len(mp4s) == 1
     from nodes.media import probe_video
     info = probe_video(mp4s[0])
-    assert (info["frames"], info["width"], info["height"]) == (17, 160, 96)
+    assert (info["frames"], info["width"], info["height"]) == (17, 128, 80)
     report = json.loads((tmp_path / "report.json").read_text())
     assert report
 
