@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -37,7 +36,7 @@ def side_ours(folder, w, h, f, steps, out):
     pos = g.node("WanTextEncode", text_encoder=loader[1], text="a red fox running in the snow")
     neg = g.node("WanTextEncode", text_encoder=loader[1], text="")
     lat = g.node("WanEmptyLatentVideo", width=w, height=h, num_frames=f)
-    noise = g.node("WanLoadNoise", path=str(Path(out).with_suffix(".noise.npy")))
+    noise = g.node("WanLoadNoise", path=str(Path(out).parent / "noise.npy"))
     den = g.node("WanDenoise", model=loader[0], positive=pos[0], negative=neg[0], latent=lat[0], seed=0,
                  steps=steps, guidance=5.0, scheduler="unipc", shift=3.0, noise=noise[0])
     dec = g.node("WanVAEDecode", vae=loader[2], latent=den[0])
@@ -58,7 +57,7 @@ def side_diffusers(folder, w, h, f, steps, out):
     import torch
     from diffusers import WanPipeline
     pipe = WanPipeline.from_pretrained(folder)
-    noise = torch.from_numpy(np.load(Path(out).with_suffix(".noise.npy")))
+    noise = torch.from_numpy(np.load(Path(out).parent / "noise.npy"))
     t1 = time.perf_counter()
     with torch.no_grad():
         frames = pipe("a red fox running in the snow", negative_prompt="", height=h, width=w, num_frames=f,
@@ -78,8 +77,19 @@ def main():
     a = ap.parse_args()
     w, h, f = map(int, a.size.split("x"))
     if a.side:
+        # ru_maxrss survives fork+exec (it would report the parent's peak), so sample RSS instead.
+        import threading
+        import psutil
+        proc, peak, done = psutil.Process(), [0], threading.Event()
+
+        def sample():
+            while not done.is_set():
+                peak[0] = max(peak[0], proc.memory_info().rss)
+                done.wait(0.02)
+        threading.Thread(target=sample, daemon=True).start()
         stats = (side_ours if a.side == "ours" else side_diffusers)(a.folder, w, h, f, a.steps, a.out)
-        stats["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        done.set()
+        stats["peak_rss_mb"] = max(peak[0], proc.memory_info().rss) / 2**20
         print(json.dumps(stats))
         return
     import numpy as np
@@ -87,7 +97,7 @@ def main():
     from nodes.wan.noise import make_noise
     tmp = Path(tempfile.mkdtemp())
     build_tiny_wan_pipeline(tmp / "pipe")
-    np.save(tmp / "frames.noise.npy", make_noise(0, (1, 16, (f - 1) // 4 + 1, h // 8, w // 8)))
+    np.save(tmp / "noise.npy", make_noise(0, (1, 16, (f - 1) // 4 + 1, h // 8, w // 8)))
     results = {}
     for side in ("diffusers", "ours"):
         proc = subprocess.run([sys.executable, __file__, "--side", side, "--folder", str(tmp / "pipe"),
