@@ -2,7 +2,6 @@
 validators, template parameters and cycles — every error at once, before anything runs."""
 from __future__ import annotations
 
-import copy
 import difflib
 import json
 import math
