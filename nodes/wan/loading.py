@@ -30,9 +30,16 @@ def _load(cls, path_or_repo, subfolder, dtype, config=None):
 
 def load_transformer(path_or_repo: str | os.PathLike, subfolder: str | None = "transformer",
                      dtype="float32", config: dict | None = None):
-    """A `WanTransformer3DModel` (T2V, I2V, FLF2V, TI2V; VACE once supported) from its folder."""
+    """A `WanTransformer3DModel` (T2V, I2V, FLF2V, TI2V), or a `WanVACETransformer3DModel` when the
+    config has `vace_layers`, from its folder."""
     from .transformer import WanTransformer3DModel
-    return _load(WanTransformer3DModel, path_or_repo, subfolder, dtype, config)
+    if config is None:
+        folder = resolve(path_or_repo, subfolder)
+        config = read_config(folder if folder.is_dir() else folder.parent)
+    cls = WanTransformer3DModel
+    if "vace_layers" in config:
+        from .vace import WanVACETransformer3DModel as cls
+    return _load(cls, path_or_repo, subfolder, dtype, config)
 
 
 def load_vae(path_or_repo: str | os.PathLike, subfolder: str | None = "vae", dtype="float32"):

@@ -7,13 +7,15 @@ RoPE and the timestep sinusoid from float64/float32 numpy tables.
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import mindspore as ms
-from mindspore import Parameter, mint, nn
+from mindspore import Parameter, mint, nn, ops
 
 from .attention import attention
 from .layers import param_init, LayerNorm, Linear, RMSNorm, gelu_exact, gelu_tanh, silu
-from .rope import rope_cos_sin, timestep_sinusoid
+from .rope import rope_cos_sin, rope_pair_rotation, timestep_sinusoid
 from .runtime import device
 
 TEXT_TOKENS = 512  # diffusers splits image tokens from text tokens by this fixed length
@@ -38,11 +40,10 @@ class _Proj(nn.Cell):
 
 
 class WanAttention(nn.Cell):
+    """Holds the attention parameters under diffusers' names; the math is in `make_block_fn`."""
+
     def __init__(self, dim, heads, eps, added_kv_proj_dim=None, dtype=ms.float32):
         super().__init__()
-        self.heads = heads
-        # Decided here, not per call: graph mode (ms.jit) cannot query the device.
-        self.fused = device() == "Ascend" and dtype in (ms.float16, ms.bfloat16)
         self.to_q = Linear(dim, dim, dtype=dtype)
         self.to_k = Linear(dim, dim, dtype=dtype)
         self.to_v = Linear(dim, dim, dtype=dtype)
@@ -55,43 +56,115 @@ class WanAttention(nn.Cell):
             self.add_v_proj = Linear(added_kv_proj_dim, dim, dtype=dtype)
             self.norm_added_k = RMSNorm(dim, eps, dtype=dtype)
 
-    def _heads(self, x):
-        b, l, d = x.shape
-        return x.reshape(b, l, self.heads, d // self.heads).swapaxes(1, 2)
+    def weights(self):
+        w = (self.to_q.weight, self.to_q.bias, self.to_k.weight, self.to_k.bias, self.to_v.weight, self.to_v.bias,
+             self.to_out[0].weight, self.to_out[0].bias, self.norm_q.weight, self.norm_k.weight)
+        if self.has_image_branch:
+            w += (self.add_k_proj.weight, self.add_k_proj.bias, self.add_v_proj.weight, self.add_v_proj.bias,
+                  self.norm_added_k.weight)
+        return w
 
-    def _merge(self, x):
+
+_mm_tb = ops.MatMul(transpose_b=True)
+
+
+def _linear(x, w, b):
+    shape = x.shape
+    y = _mm_tb(x.reshape(-1, shape[-1]), w) + b
+    return y.reshape(shape[:-1] + (w.shape[0],))
+
+
+def _rms_norm(x, w, eps):
+    xf = x.astype(ms.float32)
+    return (xf * mint.rsqrt(mint.mean(xf * xf, -1, keepdim=True) + eps)).astype(x.dtype) * w
+
+
+_mm = ops.MatMul()
+
+
+def apply_rope(x, cos, sin, rot):
+    """Rotate interleaved pairs (x[2i], x[2i+1]) of x [B, H, L, d]: x·cos + (x @ rot)·sin, with cos/sin
+    [L, d] (each pair's value twice) and `rot` from `rope_pair_rotation`; the same float ops as
+    diffusers' x0·cos − x1·sin, x0·sin + x1·cos, in float32."""
+    b, h, l, d = x.shape
+    dtype = x.dtype
+    xf = x.astype(ms.float32)
+    cross = _mm(xf.reshape(-1, d), rot).reshape(b, h, l, d)
+    return (xf * cos + cross * sin).astype(dtype)
+
+
+@lru_cache(maxsize=None)
+def make_block_fn(heads: int, eps: float, cross_attn_norm: bool, image_branch: bool, fused: bool):
+    """The block as a pure function of (activations, *weights).
+
+    Taking the weights as arguments lets one `ms.jit` graph serve every block: it
+    compiles once per input shape, and each call frees its intermediates (one
+    graph over all blocks would keep every block's activations alive).
+    """
+    layer_norm = ops.LayerNorm(-1, -1, eps)
+    n_attn = 15 if image_branch else 10
+
+    def split_heads(x):
+        b, l, d = x.shape
+        return x.reshape(b, l, heads, d // heads).swapaxes(1, 2)
+
+    def merge_heads(x):
         b, h, l, d = x.shape
         return x.swapaxes(1, 2).reshape(b, l, h * d)
 
-    def construct(self, x, context=None, rope=None):
+    def attn(x, context, rope, w):
         ctx_img = None
         if context is None:
             context = x
-        elif self.has_image_branch:
+        elif image_branch:  # image tokens come first; the text part is always TEXT_TOKENS long
             n_img = context.shape[1] - TEXT_TOKENS
             ctx_img, context = context[:, :n_img], context[:, n_img:]
-        q = self._heads(self.norm_q(self.to_q(x)))
-        k = self._heads(self.norm_k(self.to_k(context)))
-        v = self._heads(self.to_v(context))
+        q = split_heads(_rms_norm(_linear(x, w[0], w[1]), w[8], eps))
+        k = split_heads(_rms_norm(_linear(context, w[2], w[3]), w[9], eps))
+        v = split_heads(_linear(context, w[4], w[5]))
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        out = self._merge(attention(q, k, v, use_fused=self.fused))
+        out = merge_heads(attention(q, k, v, use_fused=fused))
         if ctx_img is not None:
-            k_img = self._heads(self.norm_added_k(self.add_k_proj(ctx_img)))
-            v_img = self._heads(self.add_v_proj(ctx_img))
-            out = out + self._merge(attention(q, k_img, v_img, use_fused=self.fused))
-        return self.to_out[0](out)
+            k_img = split_heads(_rms_norm(_linear(ctx_img, w[10], w[11]), w[14], eps))
+            v_img = split_heads(_linear(ctx_img, w[12], w[13]))
+            out = out + merge_heads(attention(q, k_img, v_img, use_fused=fused))
+        return _linear(out, w[6], w[7])
+
+    def block(x, context, temb, cos, sin, rot, *w):
+        # w: scale_shift_table, attn1 (10), attn2 (10 or 15), [norm2 w, b], ffn (4), ones, zeros
+        dtype = x.dtype
+        if temb.ndim == 4:  # per-token (Wan2.2 TI2V): temb [B, L, 6, D]
+            mod = w[0].unsqueeze(0) + temb.astype(ms.float32)
+            shift, scale, gate, c_shift, c_scale, c_gate = [m.squeeze(2) for m in mint.chunk(mod, 6, 2)]
+        else:               # temb [B, 6, D]
+            mod = w[0] + temb.astype(ms.float32)
+            shift, scale, gate, c_shift, c_scale, c_gate = mint.chunk(mod, 6, 1)
+        a1, a2 = w[1:11], w[11:11 + n_attn]
+        rest = w[11 + n_attn:]
+        ones, zeros = rest[-2], rest[-1]
+        xf = x.astype(ms.float32)
+        n = (layer_norm(xf, ones, zeros)[0] * (1 + scale) + shift).astype(dtype)
+        x = (xf + attn(n, None, (cos, sin, rot), a1).astype(ms.float32) * gate).astype(dtype)
+        if cross_attn_norm:
+            n = layer_norm(x.astype(ms.float32), rest[0].astype(ms.float32), rest[1].astype(ms.float32))[0]
+            n = n.astype(dtype)
+            rest = rest[2:]
+        else:
+            n = x
+        x = x + attn(n, context, None, a2)
+        xf = x.astype(ms.float32)
+        n = (layer_norm(xf, ones, zeros)[0] * (1 + c_scale) + c_shift).astype(dtype)
+        ff = _linear(gelu_tanh(_linear(n, rest[0], rest[1])), rest[2], rest[3])
+        return (xf + ff.astype(ms.float32) * c_gate).astype(dtype)
+
+    return block
 
 
-def apply_rope(x, cos, sin):
-    """Rotate interleaved pairs (x[2i], x[2i+1]) of x [B, H, L, d] by cos/sin [L, d/2]."""
-    b, h, l, d = x.shape
-    dtype = x.dtype
-    pairs = x.astype(ms.float32).reshape(b, h, l, d // 2, 2)
-    x1, x2 = pairs[..., 0], pairs[..., 1]
-    even = x1 * cos - x2 * sin
-    odd = x1 * sin + x2 * cos
-    return mint.cat([even.unsqueeze(-1), odd.unsqueeze(-1)], dim=-1).reshape(b, h, l, d).astype(dtype)
+@lru_cache(maxsize=None)
+def _compiled(block_fn):
+    """One jit wrapper (and so one graph per shape) per block configuration, shared by models."""
+    return ms.jit(block_fn)
 
 
 class WanTransformerBlock(nn.Cell):
@@ -105,23 +178,27 @@ class WanTransformerBlock(nn.Cell):
         self.ffn = FeedForward(dim, ffn_dim, dim, approximate=True, dtype=dtype)
         self.norm3 = LayerNorm(dim, eps, affine=False)
         self.scale_shift_table = Parameter(param_init("zeros", (1, 6, dim), ms.float32), name="scale_shift_table")
+        # Decided here, not per call: graph mode (ms.jit) cannot query the device.
+        fused = device() == "Ascend" and dtype in (ms.float16, ms.bfloat16)
+        self.fn = make_block_fn(heads, eps, cross_attn_norm, added_kv_proj_dim is not None, fused)
 
-    def construct(self, x, context, temb, rope):
-        dtype = x.dtype
-        if temb.ndim == 4:  # per-token (Wan2.2 TI2V): temb [B, L, 6, D]
-            mod = self.scale_shift_table.unsqueeze(0) + temb.astype(ms.float32)
-            shift, scale, gate, c_shift, c_scale, c_gate = [m.squeeze(2) for m in mint.chunk(mod, 6, 2)]
-        else:               # temb [B, 6, D]
-            mod = self.scale_shift_table + temb.astype(ms.float32)
-            shift, scale, gate, c_shift, c_scale, c_gate = mint.chunk(mod, 6, 1)
-        xf = x.astype(ms.float32)
-        n = (self.norm1(xf) * (1 + scale) + shift).astype(dtype)
-        x = (xf + self.attn1(n, None, rope).astype(ms.float32) * gate).astype(dtype)
-        n = self.norm2(x.astype(ms.float32)).astype(dtype) if self.cross_attn_norm else x
-        x = x + self.attn2(n, context, None)
-        xf = x.astype(ms.float32)
-        n = (self.norm3(xf) * (1 + c_scale) + c_shift).astype(dtype)
-        return (xf + self.ffn(n).astype(ms.float32) * c_gate).astype(dtype)
+    def weights(self):
+        w = (self.scale_shift_table,) + self.attn1.weights() + self.attn2.weights()
+        if self.cross_attn_norm:
+            w += (self.norm2.weight, self.norm2.bias)
+        ffn = self.ffn.net
+        return w + (ffn[0].proj.weight, ffn[0].proj.bias, ffn[2].weight, ffn[2].bias, self.norm1._ones,
+                    self.norm1._zeros)
+
+    def construct(self, x, context, temb, rope, fn=None):
+        """`rope`: (cos, sin, rot) of `apply_rope`; `fn`: a compiled `make_block_fn` of the same
+        configuration (shared by all blocks)."""
+        if fn is None:
+            return self.fn(x, context, temb, *rope, *self.weights())
+        # Plain tensors, not Parameters: a graph given Parameters binds them and is compiled
+        # (and holds its memory) once per block instead of once for all.
+        weights = [w.value() if isinstance(w, Parameter) else w for w in self.weights()]
+        return fn(x, context, temb, *rope, *weights)
 
 
 class TimestepEmbedding(nn.Cell):
@@ -194,54 +271,68 @@ class WanTransformer3DModel(nn.Cell):
         self.dtype = dtype
         self.patch_embedding = _PatchEmbed(in_channels, dim, self.patch_size, dtype)
         self.condition_embedder = ConditionEmbedder(dim, freq_dim, text_dim, image_dim, pos_embed_seq_len, dtype)
-        self.blocks = nn.CellList([WanTransformerBlock(dim, ffn_dim, num_attention_heads, cross_attn_norm, eps,
-                                                       added_kv_proj_dim, dtype) for _ in range(num_layers)])
+        self.block_args = (dim, ffn_dim, num_attention_heads, cross_attn_norm, eps, added_kv_proj_dim, dtype)
+        self.blocks = nn.CellList([WanTransformerBlock(*self.block_args) for _ in range(num_layers)])
         self.norm_out = LayerNorm(dim, eps, affine=False)
         self.proj_out = Linear(dim, out_channels * int(np.prod(self.patch_size)), dtype=dtype)
         self.scale_shift_table = Parameter(param_init("zeros", (1, 2, dim), ms.float32), name="scale_shift_table")
         self.config: dict = {}
         self._jit_blocks = None
+        self._rope_cache: dict = {}
+        self._rot = ms.Tensor(rope_pair_rotation(attention_head_dim))
+
+    CONFIG_KEYS = ("patch_size", "num_attention_heads", "attention_head_dim", "in_channels", "out_channels",
+                   "text_dim", "freq_dim", "ffn_dim", "num_layers", "cross_attn_norm", "qk_norm", "eps", "image_dim",
+                   "added_kv_proj_dim", "rope_max_seq_len", "pos_embed_seq_len")
 
     @classmethod
     def from_config(cls, config: dict, dtype=ms.float32) -> "WanTransformer3DModel":
-        keys = ("patch_size", "num_attention_heads", "attention_head_dim", "in_channels", "out_channels", "text_dim",
-                "freq_dim", "ffn_dim", "num_layers", "cross_attn_norm", "qk_norm", "eps", "image_dim",
-                "added_kv_proj_dim", "rope_max_seq_len", "pos_embed_seq_len")
-        model = cls(**{k: config[k] for k in keys if k in config}, dtype=dtype)
+        model = cls(**{k: config[k] for k in cls.CONFIG_KEYS if k in config}, dtype=dtype)
         full = {"patch_size": [1, 2, 2], "in_channels": 16, "out_channels": 16}
         full.update({k: v for k, v in config.items() if not k.startswith("_")})
         model.config = full
         return model
 
     def compile(self):
-        """Run the transformer blocks under `ms.jit` (graph compilation; recompiles per new shape).
-
-        About 3x faster on CPU, but MindSpore's graph keeps every block's intermediates:
-        measured 1.8 GB per block of the 1.3B model at 1,950 tokens (eager: 0.2 GB in all),
-        so long videos must run eagerly.
-        """
-        self._jit_blocks = ms.jit(self._run_blocks)
+        """Run the transformer blocks under `ms.jit`: one graph, compiled once per latent shape
+        and shared by all blocks (their weights are its inputs). About 3x faster on CPU;
+        memory stays that of one block's intermediates."""
+        self._jit_blocks = _compiled(self.blocks[0].fn) if len(self.blocks) else None
         return self
 
-    def _run_blocks(self, x, context, temb, cos, sin):
-        for block in self.blocks:
-            x = block(x, context, temb, (cos, sin))
-        return x
+    def _rope(self, gf, gh, gw):
+        key = (gf, gh, gw)
+        if key not in self._rope_cache:
+            if len(self._rope_cache) >= 8:
+                self._rope_cache.pop(next(iter(self._rope_cache)))
+            cos, sin = rope_cos_sin(self.head_dim, gf, gh, gw, self.rope_max_seq_len)
+            self._rope_cache[key] = (ms.Tensor(np.repeat(cos, 2, axis=1)), ms.Tensor(np.repeat(sin, 2, axis=1)),
+                                     self._rot)
+        return self._rope_cache[key]
 
-    def construct(self, hidden_states, timestep, encoder_hidden_states, encoder_hidden_states_image=None):
+    def _call_block(self, block, *args):
+        """block(*args), through the compiled graph when `compile()` was called."""
+        if self._jit_blocks is not None:
+            try:
+                return block(*args, fn=self._jit_blocks)
+            except (RuntimeError, TypeError, ValueError) as e:  # graph compile failed: stay correct, run eagerly
+                import warnings
+                warnings.warn(f"ms.jit compilation of the transformer blocks failed ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:200]}); running eagerly")
+                self._jit_blocks = None
+        return block(*args)
+
+    def _embed(self, hidden_states, timestep, encoder_hidden_states, encoder_hidden_states_image):
+        """Patch tokens [B, L, D], context, temb, the blocks' modulation input and RoPE tables."""
         dtype = self.dtype
-        b, _, f, h, w = hidden_states.shape
+        _, _, f, h, w = hidden_states.shape
         pt, ph, pw = self.patch_size
-        gf, gh, gw = f // pt, h // ph, w // pw
-        cos, sin = rope_cos_sin(self.head_dim, gf, gh, gw, self.rope_max_seq_len)
-        cos, sin = ms.Tensor(cos), ms.Tensor(sin)
-
+        rope = self._rope(f // pt, h // ph, w // pw)
         x = self.patch_embedding(hidden_states.astype(dtype))          # [B, L, D]
         ts = timestep.asnumpy() if hasattr(timestep, "asnumpy") else np.asarray(timestep)
-        per_token = ts.ndim == 2
         ce = self.condition_embedder
         sinus = ms.Tensor(timestep_sinusoid(ts.reshape(-1), ce.freq_dim))
-        if per_token:
+        if ts.ndim == 2:  # per-token timesteps (Wan2.2 TI2V)
             sinus = sinus.reshape(ts.shape[0], ts.shape[1], -1)
         context = encoder_hidden_states.astype(dtype)
         temb = ce.time_embedder(sinus).astype(context.dtype)
@@ -253,20 +344,13 @@ class WanTransformer3DModel(nn.Cell):
                 raise ValueError("this transformer has no image branch (image_dim is null) but got image embeddings")
             img = ce.image_embedder(encoder_hidden_states_image.astype(dtype))
             context = mint.cat([img, context], dim=1)
+        return x, context, temb, proj, rope
 
-        if self._jit_blocks is not None:
-            try:
-                x = self._jit_blocks(x, context, proj, cos, sin)
-            except (RuntimeError, TypeError, ValueError) as e:  # graph compile failed: stay correct, run eagerly
-                import warnings
-                warnings.warn(f"ms.jit compilation of the transformer blocks failed ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:200]}); running eagerly")
-                self._jit_blocks = None
-                x = self._run_blocks(x, context, proj, cos, sin)
-        else:
-            x = self._run_blocks(x, context, proj, cos, sin)
-
-        if per_token:
+    def _head(self, x, temb, shape):
+        """Output modulation, projection and unpatchify to [B, C_out, F, H, W] (channel fastest in a patch)."""
+        b, _, f, h, w = shape
+        pt, ph, pw = self.patch_size
+        if temb.ndim == 3:  # per-token temb [B, L, D]
             mod = self.scale_shift_table.unsqueeze(0) + temb.unsqueeze(2)
             shift, scale = [m.squeeze(2) for m in mint.chunk(mod, 2, 2)]
         else:
@@ -274,8 +358,15 @@ class WanTransformer3DModel(nn.Cell):
             shift, scale = mint.chunk(mod, 2, 1)
         x = (self.norm_out(x.astype(ms.float32)) * (1 + scale) + shift).astype(x.dtype)
         x = self.proj_out(x)
-        x = x.reshape(b, gf, gh, gw, pt, ph, pw, self.out_channels).permute(0, 7, 1, 4, 2, 5, 3, 6)
+        x = x.reshape(b, f // pt, h // ph, w // pw, pt, ph, pw, self.out_channels).permute(0, 7, 1, 4, 2, 5, 3, 6)
         return x.reshape(b, self.out_channels, f, h, w)
+
+    def construct(self, hidden_states, timestep, encoder_hidden_states, encoder_hidden_states_image=None):
+        x, context, temb, proj, rope = self._embed(hidden_states, timestep, encoder_hidden_states,
+                                                   encoder_hidden_states_image)
+        for block in self.blocks:
+            x = self._call_block(block, x, context, proj, rope)
+        return self._head(x, temb, hidden_states.shape)
 
 
 class _PatchEmbed(nn.Cell):
