@@ -47,16 +47,19 @@ class WanDenoiser:
             return self.transformer, 0
         return self.transformer_2, 1
 
+    def tokens(self, latents_shape) -> int:
+        """Transformer tokens per sample for latents of this shape."""
+        _, _, f, h, w = latents_shape
+        p = self.config.get("patch_size", (1, 2, 2))
+        return (f // p[0]) * (h // p[1]) * (w // p[2])
+
     def timestep_input(self, t, latents_shape) -> ms.Tensor:
         """The timestep tensor the transformer takes: [B], or [B, tokens] for TI2V."""
         b = latents_shape[0]
         dtype = np.int64 if isinstance(t, (int, np.integer)) else np.float32
         if not self.expand_timesteps:
             return ms.Tensor(np.full((b,), t, dtype=dtype))
-        _, _, f, h, w = latents_shape
-        p = self.config.get("patch_size", (1, 2, 2))
-        tokens = (f // p[0]) * (h // p[1]) * (w // p[2])
-        return ms.Tensor(np.full((b, tokens), t, dtype=dtype))
+        return ms.Tensor(np.full((b, self.tokens(latents_shape)), t, dtype=dtype))
 
     def cache_nbytes(self) -> int:
         total = 0

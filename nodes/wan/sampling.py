@@ -12,6 +12,7 @@ from typing import Callable
 
 import numpy as np
 import mindspore as ms
+from mindspore import mint
 
 from .denoiser import WanDenoiser
 from .schedulers import FlowMatchEulerScheduler, UniPCFlowScheduler
@@ -42,16 +43,34 @@ def make_scheduler(name: str, steps: int, shift: float, config: dict | None = No
     return sched
 
 
+# Up to this many latent tokens, CFG's two passes run as one batch of 2B: the
+# per-op launch cost is paid once (small inputs are launch-bound on CPU), while
+# larger inputs run the passes one after the other to keep activation memory.
+CFG_BATCH_MAX_TOKENS = 4096
+
+
+def _same_shape(a, b) -> bool:
+    return (a is None) == (b is None) and (a is None or tuple(a.shape) == tuple(b.shape))
+
+
 def _guided(model, x, t, cond, uncond, guidance: float, cfg: bool, denoiser: WanDenoiser):
     ts = denoiser.timestep_input(t, x.shape)
     xin = x.astype(denoiser.dtype)
-    pred = model(xin, ts, cond.embeds, encoder_hidden_states_image=cond.image_embeds)
-    if cfg:
-        if uncond is None:
-            raise ValueError("guidance > 1 needs a negative conditioning")
+    if not cfg:
+        return model(xin, ts, cond.embeds, encoder_hidden_states_image=cond.image_embeds)
+    if uncond is None:
+        raise ValueError("guidance > 1 needs a negative conditioning")
+    if (denoiser.tokens(x.shape) * x.shape[0] <= CFG_BATCH_MAX_TOKENS and _same_shape(cond.embeds, uncond.embeds)
+            and _same_shape(cond.image_embeds, uncond.image_embeds)):
+        b = x.shape[0]
+        img = None if cond.image_embeds is None else mint.cat([cond.image_embeds, uncond.image_embeds])
+        both = model(mint.cat([xin, xin]), mint.cat([ts, ts]), mint.cat([cond.embeds, uncond.embeds]),
+                     encoder_hidden_states_image=img)
+        pred, pred_u = both[:b], both[b:]
+    else:
+        pred = model(xin, ts, cond.embeds, encoder_hidden_states_image=cond.image_embeds)
         pred_u = model(xin, ts, uncond.embeds, encoder_hidden_states_image=uncond.image_embeds)
-        pred = pred_u + guidance * (pred - pred_u)
-    return pred
+    return pred_u + guidance * (pred - pred_u)
 
 
 def denoise(denoiser: WanDenoiser, positive, negative, *, steps: int, guidance: float,

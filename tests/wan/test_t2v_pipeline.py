@@ -58,8 +58,13 @@ def run_frames(ex, g, dec):
     return np.load(path), res
 
 
-@pytest.mark.parametrize("scheduler,guidance,steps", [("unipc", 5.0, 3), ("unipc", 1.0, 4), ("euler", 5.0, 3)])
-def test_frames_match_diffusers(tiny, tmp_path, scheduler, guidance, steps):
+@pytest.mark.parametrize("scheduler,guidance,steps,cfg_batch", [
+    ("unipc", 5.0, 3, True), ("unipc", 5.0, 3, False), ("unipc", 1.0, 4, True), ("euler", 5.0, 3, True)])
+def test_frames_match_diffusers(tiny, tmp_path, monkeypatch, scheduler, guidance, steps, cfg_batch):
+    """`cfg_batch=False` forces CFG's two passes to run separately (as for large latents)."""
+    import nodes.wan.sampling
+    if not cfg_batch:
+        monkeypatch.setattr(nodes.wan.sampling, "CFG_BATCH_MAX_TOKENS", 0)
     folder, pipe = tiny
     from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
     pipe.scheduler = (UniPCMultistepScheduler.from_config(pipe.scheduler.config) if scheduler == "unipc"
