@@ -14,7 +14,7 @@ import mindspore as ms
 from mindspore import Parameter, mint, nn, ops
 
 from .attention import attention
-from .layers import param_init, LayerNorm, Linear, RMSNorm, gelu_exact, gelu_tanh, silu
+from .layers import bias_add, param_init, LayerNorm, Linear, RMSNorm, gelu_exact, gelu_tanh, silu
 from .rope import rope_cos_sin, rope_pair_rotation, timestep_sinusoid
 from .runtime import device
 
@@ -70,7 +70,7 @@ _mm_tb = ops.MatMul(transpose_b=True)
 
 def _linear(x, w, b):
     shape = x.shape
-    y = _mm_tb(x.reshape(-1, shape[-1]), w) + b
+    y = bias_add(_mm_tb(x.reshape(-1, shape[-1]), w), b)
     return y.reshape(shape[:-1] + (w.shape[0],))
 
 
