@@ -10,9 +10,10 @@ SOURCE_TIP = ("A Wan '-Diffusers' folder, a hub repo id such as Wan-AI/Wan2.1-T2
               "or 'tiny' for the built-in random-weight preset.")
 
 
-COMPILE_TIP = ("Run the transformer blocks under ms.jit (graph mode): about 3x faster on CPU for short clips, "
-               "but the graph keeps every block's activations (~1.8 GB per block of the 1.3B model at 1,950 "
-               "tokens), so leave it off for long or large videos. Falls back to eager if compilation fails.")
+COMPILE_TIP = ("Run the transformer blocks under ms.jit (graph mode): one graph per latent shape, shared by all "
+               "blocks, compiled on first use (a few seconds). 'auto' compiles real checkpoints (hidden size "
+               ">= 1024) and leaves toy models eager. Falls back to eager if compilation fails.")
+COMPILE_MODES = ["auto", "on", "off"]
 
 
 class _SourceNode(Node):
@@ -30,11 +31,11 @@ class WanPipelineLoader(_SourceNode):
         Input("dtype", DTYPES, default="float32", tooltip="Transformer compute dtype (float32 on CPU)."),
         Input("text_encoder_dtype", DTYPES, default="float32"),
         Input("vae_dtype", DTYPES, default="float32", tooltip="The VAE is best run in float32."),
-        Input("compile", "BOOLEAN", default=False, optional=True, tooltip=COMPILE_TIP),
+        Input("compile", COMPILE_MODES, default="auto", optional=True, tooltip=COMPILE_TIP),
     ]
     OUTPUTS = [Output("model", "MODEL"), Output("text_encoder", "TEXT_ENCODER"), Output("vae", "VAE")]
 
-    def execute(self, ctx, source, dtype="float32", text_encoder_dtype="float32", vae_dtype="float32", compile=False):
+    def execute(self, ctx, source, dtype="float32", text_encoder_dtype="float32", vae_dtype="float32", compile="auto"):
         from .wan.pipeline import load_denoiser, load_text, resolve_source
         from .wan.loading import load_vae
         root = resolve_source(source)
@@ -48,10 +49,10 @@ class WanModelLoader(_SourceNode):
     DESCRIPTION = "Loads only the transformer(s) of a Wan pipeline, with its scheduler settings."
     INPUTS = [Input("source", "STRING", default="tiny", tooltip=SOURCE_TIP),
               Input("dtype", DTYPES, default="float32"),
-              Input("compile", "BOOLEAN", default=False, optional=True, tooltip=COMPILE_TIP)]
+              Input("compile", COMPILE_MODES, default="auto", optional=True, tooltip=COMPILE_TIP)]
     OUTPUTS = [Output("model", "MODEL")]
 
-    def execute(self, ctx, source, dtype="float32", compile=False):
+    def execute(self, ctx, source, dtype="float32", compile="auto"):
         from .wan.pipeline import load_denoiser
         return (load_denoiser(source, dtype, compile),)
 

@@ -30,9 +30,9 @@ def tiny(tmp_path_factory):
 
 
 def t2v_graph(source, *, steps=3, guidance=5.0, scheduler="unipc", seed=0, negative=NEGATIVE, stages=None,
-              noise_path=None, prefix="t2v"):
+              noise_path=None, prefix="t2v", compile="auto"):
     g = GraphBuilder()
-    loader = g.node("WanPipelineLoader", source=str(source))
+    loader = g.node("WanPipelineLoader", source=str(source), compile=compile)
     pos = g.node("WanTextEncode", text_encoder=loader[1], text=PROMPT)
     neg = g.node("WanTextEncode", text_encoder=loader[1], text=negative)
     latent = g.node("WanEmptyLatentVideo", width=W, height=H, num_frames=F, batch=1)
@@ -58,10 +58,12 @@ def run_frames(ex, g, dec):
     return np.load(path), res
 
 
-@pytest.mark.parametrize("scheduler,guidance,steps,cfg_batch", [
-    ("unipc", 5.0, 3, True), ("unipc", 5.0, 3, False), ("unipc", 1.0, 4, True), ("euler", 5.0, 3, True)])
-def test_frames_match_diffusers(tiny, tmp_path, monkeypatch, scheduler, guidance, steps, cfg_batch):
-    """`cfg_batch=False` forces CFG's two passes to run separately (as for large latents)."""
+@pytest.mark.parametrize("scheduler,guidance,steps,cfg_batch,compile", [
+    ("unipc", 5.0, 3, True, "auto"), ("unipc", 5.0, 3, False, "on"), ("unipc", 1.0, 4, True, "auto"),
+    ("euler", 5.0, 3, True, "auto")])
+def test_frames_match_diffusers(tiny, tmp_path, monkeypatch, scheduler, guidance, steps, cfg_batch, compile):
+    """`cfg_batch=False` forces CFG's two passes to run separately (as for large latents);
+    `compile="on"` runs the blocks under ms.jit ("auto" leaves this toy model eager)."""
     import nodes.wan.sampling
     if not cfg_batch:
         monkeypatch.setattr(nodes.wan.sampling, "CFG_BATCH_MAX_TOKENS", 0)
@@ -72,7 +74,10 @@ def test_frames_match_diffusers(tiny, tmp_path, monkeypatch, scheduler, guidance
     noise = make_noise(7, LATENT_SHAPE)
     ref = reference_frames(pipe, PROMPT, NEGATIVE, noise, H, W, F, steps, guidance)[0]
     ex = Executor(output_dir=tmp_path)
-    ours, _ = run_frames(ex, *t2v_graph(folder, steps=steps, guidance=guidance, scheduler=scheduler, seed=7))
+    g, dec = t2v_graph(folder, steps=steps, guidance=guidance, scheduler=scheduler, seed=7, compile=compile)
+    ours, _ = run_frames(ex, g, dec)
+    denoiser = ex.run(g.to_workflow(), targets=["1"]).outputs["1"]["model"]   # cached: the model that ran
+    assert (denoiser.transformer._jit_blocks is not None) == (compile == "on")
     assert ours.shape == ref.shape == (F, H, W, 3)
     err = rel_err(ours, ref)
     assert err < TOL, f"frames differ from diffusers by {err:.2e}"
