@@ -44,6 +44,10 @@ def _configure_cpu_launch() -> None:
 
 _configure_cpu_launch()
 
+# Decided once (graph code cannot query the device): broadcasting binary ops are
+# slow on MindSpore's CPU backend, so model code materialises the smaller operand.
+TILE_BROADCASTS = device() == "CPU"
+
 
 def to_ms_dtype(dtype) -> ms.Type:
     """Accept 'float32' / 'fp16' / 'bfloat16' / a MindSpore dtype / None (float32)."""

@@ -14,7 +14,7 @@ import mindspore as ms
 from mindspore import Parameter, mint, nn, ops
 
 from .attention import attention
-from .layers import bias_add, param_init, LayerNorm, Linear, RMSNorm, gelu_exact, gelu_tanh, silu
+from .layers import badd, bias_add, bmul, expand_to, param_init, LayerNorm, Linear, RMSNorm, gelu_exact, gelu_tanh, silu
 from .rope import rope_cos_sin, rope_pair_rotation, timestep_sinusoid
 from .runtime import device
 
@@ -76,7 +76,7 @@ def _linear(x, w, b):
 
 def _rms_norm(x, w, eps):
     xf = x.astype(ms.float32)
-    return (xf * mint.rsqrt(mint.mean(xf * xf, -1, keepdim=True) + eps)).astype(x.dtype) * w
+    return bmul(bmul(xf, mint.rsqrt(mint.mean(xf * xf, -1, keepdim=True) + eps)).astype(x.dtype), w)
 
 
 _mm = ops.MatMul()
@@ -84,13 +84,13 @@ _mm = ops.MatMul()
 
 def apply_rope(x, cos, sin, rot):
     """Rotate interleaved pairs (x[2i], x[2i+1]) of x [B, H, L, d]: x·cos + (x @ rot)·sin, with cos/sin
-    [L, d] (each pair's value twice) and `rot` from `rope_pair_rotation`; the same float ops as
-    diffusers' x0·cos − x1·sin, x0·sin + x1·cos, in float32."""
+    broadcastable to x (each pair's value twice) and `rot` from `rope_pair_rotation`; the same
+    float ops as diffusers' x0·cos − x1·sin, x0·sin + x1·cos, in float32."""
     b, h, l, d = x.shape
     dtype = x.dtype
     xf = x.astype(ms.float32)
     cross = _mm(xf.reshape(-1, d), rot).reshape(b, h, l, d)
-    return (xf * cos + cross * sin).astype(dtype)
+    return (bmul(xf, cos) + bmul(cross, sin)).astype(dtype)
 
 
 @lru_cache(maxsize=None)
@@ -137,15 +137,15 @@ def make_block_fn(heads: int, eps: float, cross_attn_norm: bool, image_branch: b
         if temb.ndim == 4:  # per-token (Wan2.2 TI2V): temb [B, L, 6, D]
             mod = w[0].unsqueeze(0) + temb.astype(ms.float32)
             shift, scale, gate, c_shift, c_scale, c_gate = [m.squeeze(2) for m in mint.chunk(mod, 6, 2)]
-        else:               # temb [B, 6, D]
-            mod = w[0] + temb.astype(ms.float32)
-            shift, scale, gate, c_shift, c_scale, c_gate = mint.chunk(mod, 6, 1)
+        else:               # temb [B, 6, D] -> [B, L, D] each, so the products below are same-shape
+            mod = expand_to((w[0] + temb.astype(ms.float32)).unsqueeze(1), (x.shape[0], x.shape[1], 6, x.shape[2]))
+            shift, scale, gate, c_shift, c_scale, c_gate = [m.squeeze(2) for m in mint.chunk(mod, 6, 2)]
         a1, a2 = w[1:11], w[11:11 + n_attn]
         rest = w[11 + n_attn:]
         ones, zeros = rest[-2], rest[-1]
         xf = x.astype(ms.float32)
-        n = (layer_norm(xf, ones, zeros)[0] * (1 + scale) + shift).astype(dtype)
-        x = (xf + attn(n, None, (cos, sin, rot), a1).astype(ms.float32) * gate).astype(dtype)
+        n = badd(bmul(layer_norm(xf, ones, zeros)[0], 1 + scale), shift).astype(dtype)
+        x = (xf + bmul(attn(n, None, (cos, sin, rot), a1).astype(ms.float32), gate)).astype(dtype)
         if cross_attn_norm:
             n = layer_norm(x.astype(ms.float32), rest[0].astype(ms.float32), rest[1].astype(ms.float32))[0]
             n = n.astype(dtype)
@@ -154,9 +154,9 @@ def make_block_fn(heads: int, eps: float, cross_attn_norm: bool, image_branch: b
             n = x
         x = x + attn(n, context, None, a2)
         xf = x.astype(ms.float32)
-        n = (layer_norm(xf, ones, zeros)[0] * (1 + c_scale) + c_shift).astype(dtype)
+        n = badd(bmul(layer_norm(xf, ones, zeros)[0], 1 + c_scale), c_shift).astype(dtype)
         ff = _linear(gelu_tanh(_linear(n, rest[0], rest[1])), rest[2], rest[3])
-        return (xf + ff.astype(ms.float32) * c_gate).astype(dtype)
+        return (xf + bmul(ff.astype(ms.float32), c_gate)).astype(dtype)
 
     return block
 
@@ -325,9 +325,11 @@ class WanTransformer3DModel(nn.Cell):
     def _embed(self, hidden_states, timestep, encoder_hidden_states, encoder_hidden_states_image):
         """Patch tokens [B, L, D], context, temb, the blocks' modulation input and RoPE tables."""
         dtype = self.dtype
-        _, _, f, h, w = hidden_states.shape
+        b, _, f, h, w = hidden_states.shape
         pt, ph, pw = self.patch_size
-        rope = self._rope(f // pt, h // ph, w // pw)
+        cos, sin, rot = self._rope(f // pt, h // ph, w // pw)
+        full = (b, self.dim // self.head_dim) + tuple(cos.shape)   # expanded once, not in every block
+        rope = (expand_to(cos, full), expand_to(sin, full), rot)
         x = self.patch_embedding(hidden_states.astype(dtype))          # [B, L, D]
         ts = timestep.asnumpy() if hasattr(timestep, "asnumpy") else np.asarray(timestep)
         ce = self.condition_embedder
@@ -356,7 +358,7 @@ class WanTransformer3DModel(nn.Cell):
         else:
             mod = self.scale_shift_table + temb.unsqueeze(1)
             shift, scale = mint.chunk(mod, 2, 1)
-        x = (self.norm_out(x.astype(ms.float32)) * (1 + scale) + shift).astype(x.dtype)
+        x = badd(bmul(self.norm_out(x.astype(ms.float32)), 1 + scale), shift).astype(x.dtype)
         x = self.proj_out(x)
         x = x.reshape(b, f // pt, h // ph, w // pw, pt, ph, pw, self.out_channels).permute(0, 7, 1, 4, 2, 5, 3, 6)
         return x.reshape(b, self.out_channels, f, h, w)
