@@ -120,8 +120,8 @@ class RMSNorm(nn.Cell):
     def construct(self, x):
         dtype = x.dtype
         xf = x.astype(ms.float32)
-        y = xf * mint.rsqrt(mint.mean(xf * xf, -1, keepdim=True) + self.eps)
-        return y.astype(dtype) * self.weight
+        y = bmul(xf, mint.rsqrt(mint.mean(xf * xf, -1, keepdim=True) + self.eps))
+        return bmul(y.astype(dtype), self.weight)
 
 
 _GELU_TANH_K = 2.0 * math.sqrt(2.0 / math.pi)

@@ -16,7 +16,7 @@ import mindspore as ms
 from mindspore import Parameter, mint, nn, ops
 
 from .attention import attention
-from .layers import param_init, Linear, gelu_tanh
+from .layers import bmul, param_init, Linear, gelu_tanh
 from .runtime import device
 
 
@@ -44,10 +44,10 @@ class T5LayerNorm(nn.Cell):
 
     def construct(self, x):
         var = mint.mean(x.astype(ms.float32) ** 2, -1, keepdim=True)
-        x = x * mint.rsqrt(var + self.eps)
+        x = bmul(x, mint.rsqrt(var + self.eps))
         if self.weight.dtype in (ms.float16, ms.bfloat16):
             x = x.astype(self.weight.dtype)
-        return self.weight * x
+        return bmul(self.weight, x)
 
 
 class SelfAttention(nn.Cell):

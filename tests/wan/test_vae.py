@@ -178,10 +178,19 @@ CONV_CASES = [
 ]
 
 
+@pytest.fixture(params=["native", "im2col"])
+def cpu_conv(request, monkeypatch):
+    """Both CPU strategies, whichever one the probe picks on this machine."""
+    monkeypatch.setattr(conv_mod, "_native_fast", request.param == "native")
+    return request.param
+
+
 @pytest.mark.parametrize("budget", [256 << 20, 1000])
 @pytest.mark.parametrize("shape,kernel,stride,padding", CONV_CASES)
-def test_conv3d_im2col(shape, kernel, stride, padding, budget, monkeypatch):
-    """The CPU im2col path (slabbed down to tiny column budgets) equals torch and MindSpore's Conv3D."""
+def test_conv3d_im2col(shape, kernel, stride, padding, budget, cpu_conv, monkeypatch):
+    """The CPU paths (im2col slabbed down to tiny column budgets, frame-folded conv2d) equal torch and Conv3D."""
+    if cpu_conv == "native" and budget <= 1000:
+        pytest.skip("the column budget only applies to im2col")
     rng = np.random.default_rng(0)
     x = rng.standard_normal(shape, dtype=np.float32)
     w = rng.standard_normal((7, shape[1]) + kernel, dtype=np.float32)
@@ -198,7 +207,7 @@ def test_conv3d_im2col(shape, kernel, stride, padding, budget, monkeypatch):
 
 
 @pytest.mark.parametrize("stride,padding", [(1, 1), (2, 0), (1, 0)])
-def test_conv2d_im2col(stride, padding):
+def test_conv2d_im2col(stride, padding, cpu_conv):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, 5, 9, 10), dtype=np.float32)
     w = rng.standard_normal((4, 5, 3, 3), dtype=np.float32)
@@ -219,5 +228,6 @@ def test_conv3d_compiled_slabs(budget, monkeypatch):
     expect = torch.nn.functional.conv3d(torch.from_numpy(x), torch.from_numpy(w), None, stride, padding).numpy()
     monkeypatch.setattr(conv_mod, "COL_BUDGET_BYTES", budget)
     monkeypatch.setattr(conv_mod, "JIT_MIN_FLOPS", 0)
+    monkeypatch.setattr(conv_mod, "_native_fast", False)
     out = conv_mod.conv3d(ms.Tensor(x), ms.Tensor(w), None, stride, padding).asnumpy()
     assert rel_err(out, expect) < 1e-5
