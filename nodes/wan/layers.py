@@ -28,6 +28,9 @@ def broadcast_shape(a, b) -> tuple:
     return tuple([max(i, j) for i, j in zip(a, b)])
 
 
+TILE_MIN_ELEMENTS = 1 << 16
+
+
 def expand_to(y, shape):
     """`y` materialised at the broadcast `shape` (a no-op off CPU or when it already has it).
 
@@ -36,6 +39,11 @@ def expand_to(y, shape):
     multiplying same-shape tensors takes 8 and 9 ms. The float ops are the same.
     """
     if not TILE_BROADCASTS or tuple(y.shape) == tuple(shape):
+        return y
+    size = 1
+    for n in shape:
+        size *= n
+    if size < TILE_MIN_ELEMENTS:  # small tensors are launch-bound: an extra tile op would cost more
         return y
     full = (1,) * (len(shape) - y.ndim) + tuple(y.shape)
     return ops.tile(y.reshape(full), tuple([s // d for s, d in zip(shape, full)]))

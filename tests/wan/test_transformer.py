@@ -213,3 +213,32 @@ def test_vace_matches_diffusers(vace, control_frames, scale):
         warnings.simplefilter("error")
         j = ours.compile()(*args).asnumpy()
     assert np.abs(j - o).max() <= 1e-5 * np.abs(o).max()
+
+
+@pytest.mark.parametrize("name", ["t2v", "i2v", "ti2v"])
+def test_tiled_broadcasts_match_diffusers(models, monkeypatch, name):
+    """The CPU path that tiles broadcast operands (used at real sizes) forced on at toy sizes."""
+    import nodes.wan.layers as layers
+    monkeypatch.setattr(layers, "TILE_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(layers, "TILE_BROADCASTS", True)
+    ref, ours, _ = models[name]
+    x, ctx, rng = inputs(CONFIGS[name])
+    t = np.array([999, 421], np.int64)
+    img = rng.standard_normal((2, 7, 24)).astype(np.float32) if name == "i2v" else None
+    if name == "ti2v":
+        t = np.full((2, 18), 640.0, np.float32)
+        t[:, :6] = 0.0
+    o, r = run_both(ref, ours, x, t, ctx, img)
+    assert rel_err(o, r) < TOL
+
+
+@pytest.mark.parametrize("a, b", [((2, 5, 7), (7,)), ((2, 5, 7), (2, 1, 7)), ((2, 5, 7), (2, 5, 1)),
+                                  ((1, 5, 1), (3, 1, 4)), ((4,), (2, 3, 4))])
+def test_bmul_badd_broadcast_like_numpy(monkeypatch, a, b):
+    import nodes.wan.layers as layers
+    monkeypatch.setattr(layers, "TILE_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(layers, "TILE_BROADCASTS", True)
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal(a).astype(np.float32), rng.standard_normal(b).astype(np.float32)
+    assert np.array_equal(layers.bmul(ms.Tensor(x), ms.Tensor(y)).asnumpy(), x * y)
+    assert np.array_equal(layers.badd(ms.Tensor(x), ms.Tensor(y)).asnumpy(), x + y)
