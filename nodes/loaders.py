@@ -46,15 +46,29 @@ class WanPipelineLoader(_SourceNode):
 @register_node
 class WanModelLoader(_SourceNode):
     CATEGORY = "loaders/wan"
-    DESCRIPTION = "Loads only the transformer(s) of a Wan pipeline, with its scheduler settings."
-    INPUTS = [Input("source", "STRING", default="tiny", tooltip=SOURCE_TIP),
+    DESCRIPTION = ("Loads only the transformer(s) of a Wan pipeline, with its scheduler settings; or one "
+                   "single-file transformer (original Wan or ComfyUI key names, bf16/fp16/fp8/fp8_scaled), "
+                   "plus the low-noise expert file for Wan2.2 A14B.")
+    INPUTS = [Input("source", "STRING", default="tiny",
+                    tooltip=SOURCE_TIP + " Or a .safetensors transformer file (original/ComfyUI layout)."),
               Input("dtype", DTYPES, default="float32"),
-              Input("compile", COMPILE_MODES, default="auto", optional=True, tooltip=COMPILE_TIP)]
+              Input("compile", COMPILE_MODES, default="auto", optional=True, tooltip=COMPILE_TIP),
+              Input("low_noise_source", "STRING", default="", optional=True,
+                    tooltip="Wan2.2 A14B from single files: the low-noise expert's file (source is the "
+                            "high-noise one)."),
+              Input("boundary_ratio", "FLOAT", default=0.0, min=0.0, max=1.0, step=0.005, optional=True,
+                    tooltip="Expert switch point as a fraction of 1000 timesteps; 0 keeps the model's own "
+                            "(0.875 T2V, 0.9 I2V).")]
     OUTPUTS = [Output("model", "MODEL")]
 
-    def execute(self, ctx, source, dtype="float32", compile="auto"):
+    @classmethod
+    def fingerprint(cls, source="tiny", low_noise_source="", **_):
+        return source_stamp(source) + ("|" + source_stamp(low_noise_source) if low_noise_source else "")
+
+    def execute(self, ctx, source, dtype="float32", compile="auto", low_noise_source="", boundary_ratio=0.0):
         from .wan.pipeline import load_denoiser
-        return (load_denoiser(source, dtype, compile),)
+        return (load_denoiser(source, dtype, compile, low_noise_source=low_noise_source or None,
+                              boundary_ratio=boundary_ratio or None),)
 
 
 @register_node

@@ -11,17 +11,20 @@ from __future__ import annotations
 import os
 
 from .runtime import check_compute_dtype
+from .safetensors_io import CheckpointError
 from .weights import load_into, open_checkpoint, read_config, resolve
 
 
-def _load(cls, path_or_repo, subfolder, dtype, config=None):
+def _load(cls, path_or_repo, subfolder, dtype, config=None, ckpt=None, key_map=None):
     dtype = check_compute_dtype(dtype)
     folder = resolve(path_or_repo, subfolder)
     if config is None:
         config = read_config(folder if folder.is_dir() else folder.parent)
     model = cls.from_config(config, dtype=dtype)
-    ckpt = open_checkpoint(folder, cls.WEIGHTS_NAME)
-    key_map = cls.key_map_for(ckpt.keys()) if hasattr(cls, "key_map_for") else None
+    if ckpt is None:
+        ckpt = open_checkpoint(folder, cls.WEIGHTS_NAME)
+    if key_map is None and hasattr(cls, "key_map_for"):
+        key_map = cls.key_map_for(ckpt.keys())
     load_into(model, ckpt, dtype=dtype, keep_fp32=getattr(cls, "KEEP_FP32", ()),
               ignore_unexpected=getattr(cls, "IGNORE_UNEXPECTED", ()), key_map=key_map, source=str(folder))
     model.set_train(False)
@@ -31,15 +34,29 @@ def _load(cls, path_or_repo, subfolder, dtype, config=None):
 def load_transformer(path_or_repo: str | os.PathLike, subfolder: str | None = "transformer",
                      dtype="float32", config: dict | None = None):
     """A `WanTransformer3DModel` (T2V, I2V, FLF2V, TI2V), or a `WanVACETransformer3DModel` when the
-    config has `vace_layers`, from its folder."""
+    config has `vace_layers`, from its diffusers folder, or from one `.safetensors` file with the
+    original Wan / ComfyUI key names (config inferred from the tensors unless given)."""
+    from .single_file import OriginalCheckpoint, infer_transformer_config, original_key, strip_prefix
     from .transformer import WanTransformer3DModel
+    path = resolve(path_or_repo, subfolder)
+    ckpt = key_map = None
+    if path.is_file():
+        raw = open_checkpoint(path, WanTransformer3DModel.WEIGHTS_NAME)
+        prefix = strip_prefix(raw.keys())
+        if prefix is not None:
+            ckpt, key_map = OriginalCheckpoint(raw, prefix), original_key
+            config = config or infer_transformer_config(ckpt)
+        elif config is None and not (path.parent / "config.json").exists():
+            raise CheckpointError(
+                f"{path} is not a Wan transformer in the original / ComfyUI layout (no 'head.modulation' key, "
+                f"with or without a 'model.diffusion_model.' prefix) and has no config.json beside it; "
+                f"first keys: {sorted(raw.keys())[:5]}")
     if config is None:
-        folder = resolve(path_or_repo, subfolder)
-        config = read_config(folder if folder.is_dir() else folder.parent)
+        config = read_config(path if path.is_dir() else path.parent)
     cls = WanTransformer3DModel
     if "vace_layers" in config:
         from .vace import WanVACETransformer3DModel as cls
-    return _load(cls, path_or_repo, subfolder, dtype, config)
+    return _load(cls, path_or_repo, subfolder, dtype, config, ckpt=ckpt, key_map=key_map)
 
 
 def load_vae(path_or_repo: str | os.PathLike, subfolder: str | None = "vae", dtype="float32"):

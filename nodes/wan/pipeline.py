@@ -42,21 +42,51 @@ def should_compile(transformer, compile: bool | str = "auto") -> bool:
     return compile == "on" or (compile == "auto" and transformer.dim >= COMPILE_MIN_DIM)
 
 
-def load_denoiser(source: str | os.PathLike, dtype="float32", compile: bool | str = "auto") -> WanDenoiser:
-    """The transformer(s) of a pipeline folder, with its scheduler and MoE settings.
+# Wan2.2 A14B experts hand over at this fraction of the training timesteps (the
+# -Diffusers repos' model_index.json): T2V 0.875; I2V (36 input channels) 0.9.
+A14B_BOUNDARY = {16: 0.875, 36: 0.9}
+
+
+def load_denoiser(source: str | os.PathLike, dtype="float32", compile: bool | str = "auto",
+                  low_noise_source: str | os.PathLike | None = None,
+                  boundary_ratio: float | None = None) -> WanDenoiser:
+    """The transformer(s) of a pipeline folder, with its scheduler and MoE settings; or a
+    single-file transformer (original Wan / ComfyUI keys, config inferred), optionally with
+    `low_noise_source`, the second expert file of a Wan2.2 A14B model.
 
     `compile` ("auto", "on"/True, "off"/False) runs the transformer blocks under
     ms.jit: one graph per latent shape shared by all blocks, compiled on first use
     and falling back to eager execution if the device cannot compile it.
+    `boundary_ratio` overrides the expert switch point (default: the model's own).
     """
     root = resolve_source(source)
-    index = _model_index(root)
-    t1 = load_transformer(root, "transformer", dtype=dtype)
-    t2 = load_transformer(root, "transformer_2", dtype=dtype) if (root / "transformer_2").is_dir() else None
+    if root.is_file():
+        t1 = load_transformer(root, dtype=dtype)
+        t2 = load_transformer(resolve_source(low_noise_source), dtype=dtype) if low_noise_source else None
+        index = {}
+        # The -Diffusers repos' UniPC flow_shift: 5.0 for TI2V-5B (48 channels), 16.0 for FLF2V
+        # (CLIP position embeddings), 3.0 for the rest; the denoise node's `shift` overrides it.
+        in_ch = int(t1.config["in_channels"])
+        sched = {"flow_shift": 5.0 if in_ch == 48 else 16.0 if t1.config.get("pos_embed_seq_len") else 3.0}
+        if t2 is not None:
+            index["boundary_ratio"] = A14B_BOUNDARY.get(int(t1.config["in_channels"]), 0.875)
+        # TI2V-5B (48 latent channels) takes per-token timesteps, as its -Diffusers model_index says
+        index["expand_timesteps"] = in_ch == 48
+    else:
+        if low_noise_source:
+            raise ValueError("low_noise_source is for single-file experts; a pipeline folder brings its own "
+                             "transformer_2")
+        index = _model_index(root)
+        t1 = load_transformer(root, "transformer", dtype=dtype)
+        t2 = load_transformer(root, "transformer_2", dtype=dtype) if (root / "transformer_2").is_dir() else None
+        sched = read_config(root / "scheduler", "scheduler_config.json") if (root / "scheduler").is_dir() else {}
     for t in (t1, t2):
         if t is not None and should_compile(t, compile):
             t.compile()
-    sched = read_config(root / "scheduler", "scheduler_config.json") if (root / "scheduler").is_dir() else {}
+    if boundary_ratio is not None:
+        if t2 is None:
+            raise ValueError("boundary_ratio needs two experts (a Wan2.2 A14B model)")
+        index["boundary_ratio"] = float(boundary_ratio)
     return WanDenoiser(transformer=t1, transformer_2=t2, boundary_ratio=index.get("boundary_ratio"),
                        expand_timesteps=bool(index.get("expand_timesteps", False)),
                        scheduler_config=sched, num_train_timesteps=int(sched.get("num_train_timesteps", 1000)),

@@ -135,7 +135,8 @@ def load_into(cell: ms.nn.Cell, ckpt: Checkpoint | Mapping[str, np.ndarray], dty
     """
     dtype = to_ms_dtype(dtype)
     keep_fp32 = tuple(keep_fp32)
-    get = ckpt.get if isinstance(ckpt, Checkpoint) else ckpt.__getitem__
+    lazy = callable(getattr(ckpt, "shape", None))   # a Checkpoint or a view of one, not a dict
+    get = ckpt.get if lazy else ckpt.__getitem__
     available = set(ckpt.keys())
     params = dict(cell.parameters_and_names())
     src_of = {name: (key_map(name) if key_map else name) for name in params}
@@ -150,7 +151,7 @@ def load_into(cell: ms.nn.Cell, ckpt: Checkpoint | Mapping[str, np.ndarray], dty
             f"{source} does not fit the model: {len(unexpected)} unexpected key(s), first '{sorted(unexpected)[0]}'")
     for name, param in params.items():
         key = src_of[name]
-        shape = tuple(ckpt.shape(key)) if isinstance(ckpt, Checkpoint) else tuple(np.shape(ckpt[key]))
+        shape = tuple(ckpt.shape(key)) if lazy else tuple(np.shape(ckpt[key]))
         if shape != tuple(param.shape):
             raise CheckpointError(
                 f"{source} does not fit the model config: '{key}' has shape {shape} in the checkpoint, "

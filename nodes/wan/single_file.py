@@ -1,0 +1,158 @@
+"""Wan transformers stored as one file with the original Wan key names.
+
+Wan-AI's own repos, ComfyUI's repackaged `split_files/diffusion_models/*.safetensors`
+(keys optionally prefixed `model.diffusion_model.`) and their fp16 / bf16 / fp8
+variants all use the original names (`blocks.0.self_attn.q`, `head.modulation`, ...).
+This module maps our (diffusers-named) parameters onto those keys, infers the
+model config from tensor shapes (no config.json needed, every Wan2.1/2.2 variant
+including FLF2V, VACE and TI2V-5B), and dequantises ComfyUI's "fp8_scaled" files
+(fp8 weights with a per-tensor `scale_weight`) on load.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from .weights import Checkpoint
+
+PREFIXES = ("model.diffusion_model.", "diffusion_model.")
+MARKER = "head.modulation"        # present in every original-format Wan transformer
+SCALE_SUFFIX = ".scale_weight"    # ComfyUI fp8_scaled: weight = fp8 value * scale
+IGNORED = ("scaled_fp8", ".scale_input")
+
+# Our parameter name (diffusers') -> original key, by ordered prefix/segment rewrites.
+_TOP = [
+    ("condition_embedder.time_embedder.linear_1.", "time_embedding.0."),
+    ("condition_embedder.time_embedder.linear_2.", "time_embedding.2."),
+    ("condition_embedder.text_embedder.linear_1.", "text_embedding.0."),
+    ("condition_embedder.text_embedder.linear_2.", "text_embedding.2."),
+    ("condition_embedder.time_proj.", "time_projection.1."),
+    ("condition_embedder.image_embedder.norm1.", "img_emb.proj.0."),
+    ("condition_embedder.image_embedder.ff.net.0.proj.", "img_emb.proj.1."),
+    ("condition_embedder.image_embedder.ff.net.2.", "img_emb.proj.3."),
+    ("condition_embedder.image_embedder.norm2.", "img_emb.proj.4."),
+    ("condition_embedder.image_embedder.pos_embed", "img_emb.emb_pos"),
+    ("scale_shift_table", "head.modulation"),
+    ("proj_out.", "head.head."),
+]
+_IN_BLOCK = {
+    "scale_shift_table": "modulation",
+    "attn1": "self_attn", "attn2": "cross_attn",
+    "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "o",
+    "add_k_proj": "k_img", "add_v_proj": "v_img", "norm_added_k": "norm_k_img",
+    "norm2": "norm3",                    # diffusers' norm2 is the cross-attention norm, the original norm3
+    "ffn.net.0.proj": "ffn.0", "ffn.net.2": "ffn.2",
+    "proj_in": "before_proj", "proj_out": "after_proj",   # VACE blocks
+}
+_BLOCK = re.compile(r"^((?:vace_)?blocks\.\d+\.)(.*)$")
+
+
+def original_key(name: str) -> str:
+    """The original Wan key of one of our transformer parameter names."""
+    m = _BLOCK.match(name)
+    if m is None:
+        for ours, theirs in _TOP:
+            if name.startswith(ours):
+                return theirs + name[len(ours):]
+        return name                     # patch_embedding.*, vace_patch_embedding.*
+    head, rest = m.groups()
+    for ours in sorted(_IN_BLOCK, key=len, reverse=True):   # longest first: "to_out.0" before "to_o..."
+        if rest == ours or rest.startswith(ours + "."):
+            return head + _IN_BLOCK[ours] + rest[len(ours):]
+    return name
+
+
+def strip_prefix(keys) -> str:
+    """The prefix wrapping an original-format checkpoint's keys ('' if none), or None if the
+    keys are not an original Wan transformer's."""
+    keys = set(keys)
+    for prefix in ("",) + PREFIXES:
+        if prefix + MARKER in keys:
+            return prefix
+    return None
+
+
+def is_original_format(path) -> bool:
+    p = Path(path)
+    if not (p.is_file() and p.suffix == ".safetensors"):
+        return False
+    return strip_prefix(Checkpoint([p]).keys()) is not None
+
+
+class OriginalCheckpoint:
+    """A `Checkpoint` seen under the original names without their prefix, with fp8_scaled
+    weights multiplied by their scales as they are read (still one tensor at a time)."""
+
+    def __init__(self, ckpt: Checkpoint, prefix: str):
+        self.ckpt, self.prefix = ckpt, prefix
+        self._keys = {k[len(prefix):]: k for k in ckpt.keys()
+                      if k.startswith(prefix) and not k.endswith(SCALE_SUFFIX) and not any(s in k for s in IGNORED)}
+
+    def keys(self):
+        return self._keys.keys()
+
+    def __contains__(self, key):
+        return key in self._keys
+
+    def shape(self, key):
+        return tuple(self.ckpt.shape(self._keys[key]))
+
+    def get(self, key) -> np.ndarray:
+        full = self._keys[key]
+        arr = self.ckpt.get(full)
+        scale_key = full[:-len(".weight")] + SCALE_SUFFIX if full.endswith(".weight") else None
+        if scale_key is not None and scale_key in self.ckpt:
+            scale = np.asarray(self.ckpt.get(scale_key), np.float32)
+            if scale.size > 1:   # one scale per output channel
+                scale = scale.reshape((-1,) + (1,) * (arr.ndim - 1))
+            else:
+                scale = scale.reshape(())
+            arr = arr.astype(np.float32) * scale
+        return arr
+
+
+def _count(keys, pattern: str) -> int:
+    rx = re.compile(pattern)
+    found = {int(m.group(1)) for k in keys for m in [rx.match(k)] if m}
+    return max(found) + 1 if found else 0
+
+
+def infer_transformer_config(ckpt: OriginalCheckpoint) -> dict:
+    """diffusers-style config of an original-format transformer, from its tensor shapes."""
+    keys = set(ckpt.keys())
+    dim, in_ch = ckpt.shape("patch_embedding.weight")[:2]
+    patch = tuple(ckpt.shape("patch_embedding.weight")[2:])
+    head_dim = 128   # every Wan model; the q/k norms span all heads so the files do not record it
+    cfg = {
+        "_class_name": "WanTransformer3DModel",
+        "patch_size": list(patch),
+        "num_attention_heads": dim // head_dim,
+        "attention_head_dim": head_dim,
+        "in_channels": in_ch,
+        "out_channels": ckpt.shape("head.head.weight")[0] // int(np.prod(patch)),
+        "text_dim": ckpt.shape("text_embedding.0.weight")[1],
+        "freq_dim": ckpt.shape("time_embedding.0.weight")[1],
+        "ffn_dim": ckpt.shape("blocks.0.ffn.0.weight")[0],
+        "num_layers": _count(keys, r"^blocks\.(\d+)\."),
+        "cross_attn_norm": "blocks.0.norm3.weight" in keys,
+        "qk_norm": "rms_norm_across_heads",
+        "eps": 1e-6,
+        "image_dim": None,
+        "added_kv_proj_dim": None,
+        "rope_max_seq_len": 1024,
+        "pos_embed_seq_len": None,
+    }
+    if "img_emb.proj.0.weight" in keys:        # Wan2.1 I2V / FLF2V: CLIP image tokens
+        cfg["image_dim"] = ckpt.shape("img_emb.proj.0.weight")[0]
+        cfg["added_kv_proj_dim"] = dim
+        if "img_emb.emb_pos" in keys:
+            cfg["pos_embed_seq_len"] = ckpt.shape("img_emb.emb_pos")[1]
+    n_vace = _count(keys, r"^vace_blocks\.(\d+)\.")
+    if n_vace:
+        cfg["_class_name"] = "WanVACETransformer3DModel"
+        step = cfg["num_layers"] // n_vace      # the released VACE models put hints on evenly spaced layers
+        cfg["vace_layers"] = list(range(0, step * n_vace, step))
+        cfg["vace_in_channels"] = ckpt.shape("vace_patch_embedding.weight")[1]
+    return cfg

@@ -1,0 +1,204 @@
+"""Single-file transformers with the original Wan / ComfyUI key names, against diffusers.
+
+Each test writes a tiny diffusers model's weights under the original names (our
+`original_key`), checks that diffusers' own single-file converter reads that file
+back to the same model (so the mapping is not only checked against itself), then
+loads the file with our loader, config inferred from the tensors, and compares
+outputs.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file as torch_save_file
+
+import mindspore as ms
+
+from nodes.wan import load_transformer
+from nodes.wan.safetensors_io import CheckpointError
+from nodes.wan.single_file import original_key
+from tests.wan.parity import rel_err
+
+TOL = 1e-5
+# head_dim 128 as in every released Wan model (the files do not record it).
+BASE = dict(patch_size=(1, 2, 2), num_attention_heads=1, attention_head_dim=128, in_channels=16, out_channels=16,
+            text_dim=32, freq_dim=32, ffn_dim=64, num_layers=2, cross_attn_norm=True, eps=1e-6,
+            qk_norm="rms_norm_across_heads", rope_max_seq_len=1024)
+CONFIGS = {
+    "t2v": BASE,
+    "i2v": {**BASE, "in_channels": 36, "image_dim": 24, "added_kv_proj_dim": 128},
+    "flf2v": {**BASE, "in_channels": 36, "image_dim": 24, "added_kv_proj_dim": 128, "pos_embed_seq_len": 10},
+    "ti2v": {**BASE, "in_channels": 48, "out_channels": 48},
+    "vace": {**BASE, "num_layers": 4, "vace_layers": [0, 2], "vace_in_channels": 12},
+}
+
+
+def _reference(name):
+    from diffusers import WanTransformer3DModel, WanVACETransformer3DModel
+    cls = WanVACETransformer3DModel if name == "vace" else WanTransformer3DModel
+    torch.manual_seed(0)
+    ref = cls(**CONFIGS[name]).eval()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return ref
+
+
+def _write_original(ref, path, prefix="", dtype=torch.float32):
+    sd = {prefix + original_key(k): v.detach().to(dtype).contiguous() for k, v in ref.state_dict().items()}
+    torch_save_file(sd, str(path))
+    return sd
+
+
+def _inputs(cfg, rng):
+    x = rng.standard_normal((1, cfg["in_channels"], 3, 4, 6)).astype(np.float32)
+    ctx = rng.standard_normal((1, 512, cfg["text_dim"])).astype(np.float32)
+    return x, ctx
+
+
+def _run_reference(ref, x, t, ctx, img=None, control=None):
+    kw = {} if control is None else {"control_hidden_states": torch.from_numpy(control)}
+    with torch.no_grad():
+        return ref(torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(ctx),
+                   None if img is None else torch.from_numpy(img), return_dict=False, **kw)[0].numpy()
+
+
+def _run_ours(model, x, t, ctx, img=None, control=None):
+    args = [ms.Tensor(x), ms.Tensor(t), ms.Tensor(ctx), None if img is None else ms.Tensor(img)]
+    if control is not None:
+        args.append(ms.Tensor(control))
+    return model(*args).asnumpy()
+
+
+@pytest.mark.parametrize("name, prefix", [("t2v", "model.diffusion_model."), ("i2v", ""), ("flf2v", ""),
+                                          ("ti2v", "model.diffusion_model."), ("vace", "")])
+def test_original_single_file_matches_diffusers(tmp_path, name, prefix):
+    ref = _reference(name)
+    folder = tmp_path / "diffusers"
+    ref.save_pretrained(folder)
+    path = tmp_path / f"wan_{name}.safetensors"
+    _write_original(ref, path, prefix)
+
+    if name != "flf2v":  # diffusers' single-file converter has no mapping for FLF2V's img_emb.emb_pos
+        from diffusers import WanTransformer3DModel, WanVACETransformer3DModel
+        cls = WanVACETransformer3DModel if name == "vace" else WanTransformer3DModel
+        back = cls.from_single_file(str(path), config=str(folder), local_files_only=True)
+        theirs = back.state_dict()
+        for k, v in ref.state_dict().items():
+            assert torch.equal(theirs[k], v), f"diffusers reads {k} differently: our key map is wrong"
+
+    ours = load_transformer(path)   # no config.json: inferred from the tensors
+    for k, v in json.loads((folder / "config.json").read_text()).items():
+        if not k.startswith("_") and k in ours.config:
+            expect = list(v) if isinstance(v, (list, tuple)) else v
+            got = list(ours.config[k]) if isinstance(ours.config[k], (list, tuple)) else ours.config[k]
+            assert got == expect, f"inferred {k}={got}, the model has {expect}"
+
+    rng = np.random.default_rng(1)
+    cfg = CONFIGS[name]
+    x, ctx = _inputs(cfg, rng)
+    t = np.array([700], np.int64)
+    # FLF2V: the first and last frames' CLIP tokens come as two rows, joined to pos_embed_seq_len tokens
+    img = rng.standard_normal((2 if name == "flf2v" else 1, 5, 24)).astype(np.float32) \
+        if name in ("i2v", "flf2v") else None
+    control = rng.standard_normal((1, 12, 3, 4, 6)).astype(np.float32) if name == "vace" else None
+    r = _run_reference(ref, x, t, ctx, img, control)
+    o = _run_ours(ours, x, t, ctx, img, control)
+    assert rel_err(o, r) < TOL
+
+
+def test_fp8_scaled_single_file_is_dequantised(tmp_path):
+    """ComfyUI's fp8_scaled files: fp8 e4m3 weights with a per-tensor scale_weight (and a marker)."""
+    ref = _reference("t2v")
+    sd = {}
+    with torch.no_grad():
+        for k, v in ref.state_dict().items():
+            key = "model.diffusion_model." + original_key(k)
+            if v.ndim == 2 and k.startswith("blocks."):   # linear weights are stored scaled in fp8
+                scale = v.abs().max() / 448.0
+                q = (v / scale).to(torch.float8_e4m3fn)
+                sd[key] = q
+                sd[key[:-len(".weight")] + ".scale_weight"] = scale.reshape(1).float()
+                v.copy_(q.float() * scale)            # the reference computes with the dequantised values
+            else:
+                sd[key] = v.contiguous()
+    sd["scaled_fp8"] = torch.zeros(2, dtype=torch.float8_e4m3fn)
+    path = tmp_path / "wan_t2v_fp8_scaled.safetensors"
+    torch_save_file(sd, str(path))
+    ours = load_transformer(path)
+    rng = np.random.default_rng(2)
+    x, ctx = _inputs(BASE, rng)
+    t = np.array([300], np.int64)
+    assert rel_err(_run_ours(ours, x, t, ctx), _run_reference(ref, x, t, ctx)) < TOL
+
+
+def test_explicit_config_overrides_inference(tmp_path):
+    """A model whose head size is not 128 loads from a single file when its config is given."""
+    cfg = {**BASE, "num_attention_heads": 2, "attention_head_dim": 64}
+    from diffusers import WanTransformer3DModel
+    torch.manual_seed(0)
+    ref = WanTransformer3DModel(**cfg).eval()
+    path = tmp_path / "wan.safetensors"
+    _write_original(ref, path)
+    ours = load_transformer(path, config=cfg)
+    rng = np.random.default_rng(3)
+    x, ctx = _inputs(cfg, rng)
+    t = np.array([10], np.int64)
+    assert rel_err(_run_ours(ours, x, t, ctx), _run_reference(ref, x, t, ctx)) < TOL
+
+
+def test_single_file_of_unknown_layout_is_refused(tmp_path):
+    path = tmp_path / "other.safetensors"
+    torch_save_file({"foo.weight": torch.zeros(2, 2)}, str(path))
+    with pytest.raises((CheckpointError, FileNotFoundError), match="head.modulation"):
+        load_transformer(path)
+
+
+def _graph(model_source, folder, low_noise="", steps=3):
+    from graphrt import GraphBuilder
+    g = GraphBuilder()
+    model = g.node("WanModelLoader", source=str(model_source), low_noise_source=str(low_noise))
+    te = g.node("WanTextEncoderLoader", source=str(folder))
+    vae = g.node("WanVAELoader", source=str(folder))
+    pos = g.node("WanTextEncode", text_encoder=te[0], text="a fox")
+    neg = g.node("WanTextEncode", text_encoder=te[0], text="")
+    lat = g.node("WanEmptyLatentVideo", width=48, height=32, num_frames=9)
+    den = g.node("WanDenoise", model=model[0], positive=pos[0], negative=neg[0], latent=lat[0], seed=5,
+                 steps=steps, guidance=4.0, scheduler="unipc", shift=3.0)
+    dec = g.node("WanVAEDecode", vae=vae[0], latent=den[0])
+    g.node("SaveTensor", tensor=dec[0], filename_prefix="sf", format="npy")
+    return g
+
+
+def test_model_loader_node_runs_single_file_experts_like_diffusers(tmp_path):
+    """The graph with WanModelLoader on two single-file experts (Wan2.2 A14B style) gives
+    diffusers' WanPipeline frames for the same experts, boundary and noise."""
+    from diffusers import WanTransformer3DModel
+    from graphrt import Executor
+    from graphrt.registry import load_node_packs
+    from nodes.wan.noise import make_noise
+    from tests.wan.reference import build_tiny_wan_pipeline, reference_frames
+    load_node_packs()
+    pipe = build_tiny_wan_pipeline(tmp_path / "pipe")
+    experts = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        t = WanTransformer3DModel(**BASE).eval()
+        with torch.no_grad():
+            for p in t.parameters():
+                p.add_(torch.randn_like(p) * 0.1)
+        _write_original(t, tmp_path / f"expert{seed}.safetensors", prefix="model.diffusion_model.")
+        experts.append(t)
+    pipe.transformer, pipe.transformer_2 = experts
+    pipe.register_to_config(boundary_ratio=0.875)
+
+    ex = Executor(output_dir=tmp_path / "out")
+    res = ex.run(_graph(tmp_path / "expert0.safetensors", tmp_path / "pipe",
+                        low_noise=tmp_path / "expert1.safetensors").to_workflow())
+    ours = np.load([v["path"] for v in res.outputs.values()][0])
+    ref = reference_frames(pipe, "a fox", "", make_noise(5, (1, 16, 3, 4, 6)), 32, 48, 9, 3, 4.0)[0]
+    assert ours.shape == ref.shape
+    assert rel_err(ours, ref) < 1e-4
