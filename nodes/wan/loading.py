@@ -59,10 +59,26 @@ def load_transformer(path_or_repo: str | os.PathLike, subfolder: str | None = "t
     return _load(cls, path_or_repo, subfolder, dtype, config, ckpt=ckpt, key_map=key_map)
 
 
-def load_vae(path_or_repo: str | os.PathLike, subfolder: str | None = "vae", dtype="float32"):
-    """An `AutoencoderKLWan` (Wan2.1 or Wan2.2 VAE, chosen by its config)."""
+def load_vae(path_or_repo: str | os.PathLike, subfolder: str | None = "vae", dtype="float32",
+             config: dict | None = None):
+    """An `AutoencoderKLWan` (Wan2.1 or Wan2.2 VAE, chosen by its config) from its diffusers folder,
+    or a Wan2.1 VAE from one `.safetensors` file with the original Wan / ComfyUI key names."""
+    from .single_file import OriginalCheckpoint, infer_vae_config, vae_key_map, vae_prefix
     from .vae import AutoencoderKLWan
-    return _load(AutoencoderKLWan, path_or_repo, subfolder, dtype)
+    path = resolve(path_or_repo, subfolder)
+    if path.is_file():
+        raw = open_checkpoint(path, AutoencoderKLWan.WEIGHTS_NAME)
+        prefix = vae_prefix(raw.keys())
+        if prefix is not None:
+            ckpt = OriginalCheckpoint(raw, prefix)
+            config = config or infer_vae_config(ckpt)
+            return _load(AutoencoderKLWan, path_or_repo, subfolder, dtype, config, ckpt=ckpt,
+                         key_map=vae_key_map(int(config["num_res_blocks"])))
+        if config is None and not (path.parent / "config.json").exists():
+            raise CheckpointError(
+                f"{path} is not a Wan2.1 VAE in the original / ComfyUI layout (no '{'decoder.middle.0.residual.0.gamma'}' "
+                f"key) and has no config.json beside it; first keys: {sorted(raw.keys())[:5]}")
+    return _load(AutoencoderKLWan, path_or_repo, subfolder, dtype, config)
 
 
 def load_text_encoder(path_or_repo: str | os.PathLike, subfolder: str | None = "text_encoder", dtype="float32"):

@@ -156,3 +156,82 @@ def infer_transformer_config(ckpt: OriginalCheckpoint) -> dict:
         cfg["vace_layers"] = list(range(0, step * n_vace, step))
         cfg["vace_in_channels"] = ckpt.shape("vace_patch_embedding.weight")[1]
     return cfg
+
+
+# ---- Wan2.1 VAE (`Wan2.1_VAE` / ComfyUI `wan_2.1_vae.safetensors`) -------------------------------
+
+VAE_MARKER = "decoder.middle.0.residual.0.gamma"
+_RESNET = {"norm1.": "residual.0.", "conv1.": "residual.2.", "norm2.": "residual.3.", "conv2.": "residual.6.",
+           "conv_shortcut.": "shortcut."}
+_VAE_TOP = {"quant_conv.": "conv1.", "post_quant_conv.": "conv2."}
+_VAE_SIDE = {"conv_in.": "conv1.", "norm_out.": "head.0.", "conv_out.": "head.2.",
+             "mid_block.resnets.0.": "middle.0.", "mid_block.attentions.0.": "middle.1.",
+             "mid_block.resnets.1.": "middle.2."}
+
+
+def _resnet_part(rest: str) -> str:
+    for ours, theirs in _RESNET.items():
+        if rest.startswith(ours):
+            return theirs + rest[len(ours):]
+    return rest
+
+
+def vae_key_map(num_res_blocks: int):
+    """Our (diffusers-named) Wan2.1 VAE parameter name -> the original key.
+
+    The original decoder keeps its up blocks as one flat list: per level
+    `num_res_blocks + 1` residual blocks, then the level's upsampler.
+    """
+    per_level = num_res_blocks + 2
+
+    def key(name: str) -> str:
+        for ours, theirs in _VAE_TOP.items():
+            if name.startswith(ours):
+                return theirs + name[len(ours):]
+        side, rest = name.split(".", 1)
+        for ours, theirs in _VAE_SIDE.items():
+            if rest.startswith(ours):
+                tail = rest[len(ours):]
+                return f"{side}.{theirs}{_resnet_part(tail) if 'resnets' in ours else tail}"
+        m = re.match(r"down_blocks\.(\d+)\.(.*)$", rest)
+        if m:
+            return f"{side}.downsamples.{m.group(1)}.{_resnet_part(m.group(2))}"
+        m = re.match(r"up_blocks\.(\d+)\.(resnets|upsamplers)\.(\d+)\.(.*)$", rest)
+        if m:
+            level, kind, j, tail = int(m.group(1)), m.group(2), int(m.group(3)), m.group(4)
+            flat = level * per_level + (j if kind == "resnets" else num_res_blocks + 1)
+            return f"{side}.upsamples.{flat}.{_resnet_part(tail) if kind == 'resnets' else tail}"
+        return name
+    return key
+
+
+def vae_prefix(keys) -> str | None:
+    keys = set(keys)
+    for prefix in ("", "vae.", "first_stage_model."):
+        if prefix + VAE_MARKER in keys:
+            return prefix
+    return None
+
+
+def infer_vae_config(ckpt: OriginalCheckpoint) -> dict:
+    """The Wan2.1 VAE config of an original-format file, sizes read from its tensors."""
+    from .presets import WAN21_LATENTS_MEAN, WAN21_LATENTS_STD
+    keys = set(ckpt.keys())
+    base = ckpt.shape("encoder.conv1.weight")[0]
+    z_dim = ckpt.shape("conv2.weight")[0]
+    # Encoder levels: residual blocks then (except the last level) one resample.
+    n_down = _count(keys, r"^encoder\.downsamples\.(\d+)\.")
+    resamples = sorted(i for i in range(n_down) if f"encoder.downsamples.{i}.resample.1.weight" in keys)
+    levels = len(resamples) + 1
+    num_res_blocks = resamples[0] if resamples else n_down
+    dims, temporal = [], []
+    for lvl in range(levels):
+        first = lvl * (num_res_blocks + 1)
+        dims.append(ckpt.shape(f"encoder.downsamples.{first}.residual.2.weight")[0] // base)
+        if lvl < levels - 1:
+            temporal.append(f"encoder.downsamples.{first + num_res_blocks}.time_conv.weight" in keys)
+    return {"_class_name": "AutoencoderKLWan", "base_dim": base, "z_dim": z_dim, "dim_mult": dims,
+            "num_res_blocks": num_res_blocks, "attn_scales": [], "temperal_downsample": temporal,
+            "dropout": 0.0, "latents_mean": list(WAN21_LATENTS_MEAN) if z_dim == 16 else [0.0] * z_dim,
+            "latents_std": list(WAN21_LATENTS_STD) if z_dim == 16 else [1.0] * z_dim, "is_residual": False, "in_channels": 3,
+            "out_channels": 3, "patch_size": None, "scale_factor_temporal": 4, "scale_factor_spatial": 8}

@@ -202,3 +202,63 @@ def test_model_loader_node_runs_single_file_experts_like_diffusers(tmp_path):
     ref = reference_frames(pipe, "a fox", "", make_noise(5, (1, 16, 3, 4, 6)), 32, 48, 9, 3, 4.0)[0]
     assert ours.shape == ref.shape
     assert rel_err(ours, ref) < 1e-4
+
+
+VAE_CONFIG = dict(base_dim=8, z_dim=4, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                  temperal_downsample=[False, True, True], latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
+
+
+@pytest.mark.parametrize("prefix", ["", "first_stage_model."])
+def test_original_vae_single_file_matches_diffusers(tmp_path, prefix):
+    from diffusers import AutoencoderKLWan
+    from nodes.wan import load_vae
+    from nodes.wan.single_file import vae_key_map
+    torch.manual_seed(0)
+    ref = AutoencoderKLWan(**VAE_CONFIG).eval()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    folder = tmp_path / "vae"
+    ref.save_pretrained(folder)
+    key = vae_key_map(VAE_CONFIG["num_res_blocks"])
+    sd = {prefix + key(k): v.contiguous() for k, v in ref.state_dict().items()}
+    assert len(set(sd)) == len(sd)
+    path = tmp_path / "wan_2.1_vae.safetensors"
+    torch_save_file(sd, str(path))
+
+    if not prefix:  # diffusers' converter reads this file back to the same weights
+        back = AutoencoderKLWan.from_single_file(str(path), config=str(folder), local_files_only=True).state_dict()
+        for k, v in ref.state_dict().items():
+            assert torch.equal(back[k], v), f"diffusers reads {k} differently: our VAE key map is wrong"
+
+    ours = load_vae(path)   # config inferred from the tensors
+    for k in ("base_dim", "z_dim", "dim_mult", "num_res_blocks", "temperal_downsample"):
+        assert list(np.atleast_1d(ours.config[k])) == list(np.atleast_1d(VAE_CONFIG[k])), k
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((1, 4, 2, 4, 6)).astype(np.float32)
+    with torch.no_grad():
+        r = ref.decode(torch.from_numpy(z)).sample.numpy()
+    assert rel_err(ours.decode(ms.Tensor(z)).asnumpy(), r) < 1e-4
+
+
+def test_model_loader_refuses_low_noise_with_a_folder(tmp_path):
+    from nodes.wan.pipeline import load_denoiser
+    with pytest.raises(ValueError, match="low_noise_source"):
+        load_denoiser("tiny", low_noise_source=str(tmp_path / "x.safetensors"))
+
+
+def test_vae_loader_node_takes_a_single_file(tmp_path):
+    from diffusers import AutoencoderKLWan
+    from graphrt import Executor, GraphBuilder
+    from graphrt.registry import load_node_packs
+    from nodes.wan.single_file import vae_key_map
+    load_node_packs()
+    torch.manual_seed(1)
+    ref = AutoencoderKLWan(**VAE_CONFIG).eval()
+    key = vae_key_map(2)
+    path = tmp_path / "vae.safetensors"
+    torch_save_file({key(k): v.contiguous() for k, v in ref.state_dict().items()}, str(path))
+    g = GraphBuilder()
+    g.node("WanVAELoader", id="vae", source=str(path))
+    vae = Executor(output_dir=tmp_path).run(g.to_workflow(), targets=["vae"]).outputs["vae"]["vae"]
+    assert vae.config["z_dim"] == 4
