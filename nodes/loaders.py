@@ -74,14 +74,24 @@ class WanModelLoader(_SourceNode):
 @register_node
 class WanTextEncoderLoader(_SourceNode):
     CATEGORY = "loaders/wan"
-    DESCRIPTION = "Loads the UMT5 text encoder and its tokenizer of a Wan pipeline."
-    INPUTS = [Input("source", "STRING", default="tiny", tooltip=SOURCE_TIP),
-              Input("dtype", DTYPES, default="float32")]
+    DESCRIPTION = ("Loads the UMT5 text encoder and its tokenizer of a Wan pipeline, or an encoder file with "
+                   "transformers' key names (ComfyUI's umt5_xxl_fp16 / fp8_e4m3fn_scaled) plus a tokenizer.")
+    INPUTS = [Input("source", "STRING", default="tiny",
+                    tooltip=SOURCE_TIP + " Or a UMT5 encoder .safetensors file."),
+              Input("dtype", DTYPES, default="float32"),
+              Input("tokenizer_source", "STRING", default="", optional=True,
+                    tooltip="Where the tokenizer comes from: a pipeline folder or hub repo id with a tokenizer/ "
+                            "folder. Empty: the source's own, or Wan-AI/Wan2.1-T2V-1.3B-Diffusers for a file "
+                            "(every Wan model uses the same UMT5 tokenizer).")]
     OUTPUTS = [Output("text_encoder", "TEXT_ENCODER")]
 
-    def execute(self, ctx, source, dtype="float32"):
+    @classmethod
+    def fingerprint(cls, source="tiny", tokenizer_source="", **_):
+        return source_stamp(source) + ("|" + source_stamp(tokenizer_source) if tokenizer_source else "")
+
+    def execute(self, ctx, source, dtype="float32", tokenizer_source=""):
         from .wan.pipeline import load_text
-        return (load_text(source, dtype),)
+        return (load_text(source, dtype, tokenizer_source=tokenizer_source or None),)
 
 
 @register_node

@@ -81,10 +81,21 @@ def load_vae(path_or_repo: str | os.PathLike, subfolder: str | None = "vae", dty
     return _load(AutoencoderKLWan, path_or_repo, subfolder, dtype, config)
 
 
-def load_text_encoder(path_or_repo: str | os.PathLike, subfolder: str | None = "text_encoder", dtype="float32"):
-    """The UMT5 encoder."""
+def load_text_encoder(path_or_repo: str | os.PathLike, subfolder: str | None = "text_encoder", dtype="float32",
+                      config: dict | None = None):
+    """The UMT5 encoder, from its folder or from one `.safetensors` file with transformers' key names
+    (ComfyUI's umt5_xxl files, fp16 / fp8 / fp8_scaled), config inferred when no config.json is beside it."""
+    from .single_file import OriginalCheckpoint, infer_umt5_config, is_umt5_file
     from .umt5 import UMT5EncoderModel
-    return _load(UMT5EncoderModel, path_or_repo, subfolder, dtype)
+    path = resolve(path_or_repo, subfolder)
+    if path.is_file() and config is None and not (path.parent / "config.json").exists():
+        raw = open_checkpoint(path, UMT5EncoderModel.WEIGHTS_NAME)
+        if not is_umt5_file(raw.keys()):
+            raise CheckpointError(f"{path} is not a UMT5 encoder (no 'encoder.block.0.layer.0.SelfAttention.q.weight' "
+                                  f"key) and has no config.json beside it; first keys: {sorted(raw.keys())[:5]}")
+        ckpt = OriginalCheckpoint(raw, "")
+        return _load(UMT5EncoderModel, path_or_repo, subfolder, dtype, infer_umt5_config(ckpt), ckpt=ckpt)
+    return _load(UMT5EncoderModel, path_or_repo, subfolder, dtype, config)
 
 
 def load_image_encoder(path_or_repo: str | os.PathLike, subfolder: str | None = "image_encoder", dtype="float32"):

@@ -93,10 +93,20 @@ def load_denoiser(source: str | os.PathLike, dtype="float32", compile: bool | st
                        name=str(source))
 
 
-def load_text(source: str | os.PathLike, dtype="float32") -> WanTextEncoder:
+# Where a single-file encoder's tokenizer comes from when none is named (all Wan models share it).
+DEFAULT_TOKENIZER_SOURCE = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
+
+
+def load_text(source: str | os.PathLike, dtype="float32",
+              tokenizer_source: str | os.PathLike | None = None) -> WanTextEncoder:
+    """UMT5 encoder + tokenizer of a pipeline folder / repo, or an encoder file (ComfyUI's umt5_xxl_*)
+    with the tokenizer of `tokenizer_source` (a pipeline folder or repo id; by default Wan-AI's)."""
     root = resolve_source(source)
-    return WanTextEncoder(encoder=load_text_encoder(root, "text_encoder", dtype=dtype),
-                          tokenizer=load_tokenizer(root, "tokenizer"))
+    tok = tokenizer_source or (DEFAULT_TOKENIZER_SOURCE if root.is_file() else root)
+    # load_tokenizer fetches only the tokenizer/ folder of a hub repo; `tiny` is the built-in preset
+    tokenizer = load_tokenizer(resolve_source(tok) if str(tok) == "tiny" else tok, "tokenizer")
+    encoder = load_text_encoder(root, None if root.is_file() else "text_encoder", dtype=dtype)
+    return WanTextEncoder(encoder=encoder, tokenizer=tokenizer)
 
 
 def resolve_source(source: str | os.PathLike) -> Path:

@@ -235,3 +235,26 @@ def infer_vae_config(ckpt: OriginalCheckpoint) -> dict:
             "dropout": 0.0, "latents_mean": list(WAN21_LATENTS_MEAN) if z_dim == 16 else [0.0] * z_dim,
             "latents_std": list(WAN21_LATENTS_STD) if z_dim == 16 else [1.0] * z_dim, "is_residual": False, "in_channels": 3,
             "out_channels": 3, "patch_size": None, "scale_factor_temporal": 4, "scale_factor_spatial": 8}
+
+
+# ---- UMT5 encoder files (ComfyUI `text_encoders/umt5_xxl_*.safetensors`: transformers' names) -------
+
+UMT5_MARKER = "encoder.block.0.layer.0.SelfAttention.q.weight"
+
+
+def is_umt5_file(keys) -> bool:
+    return UMT5_MARKER in set(keys)
+
+
+def infer_umt5_config(ckpt: OriginalCheckpoint) -> dict:
+    """A UMT5 encoder config read off its tensors (eps, buckets and distance as umt5-xxl)."""
+    keys = set(ckpt.keys())
+    vocab, d_model = ckpt.shape("shared.weight")
+    buckets, heads = ckpt.shape("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight")
+    return {"architectures": ["UMT5EncoderModel"], "model_type": "umt5", "d_model": d_model,
+            "d_kv": ckpt.shape(UMT5_MARKER)[0] // heads, "num_heads": heads,
+            "d_ff": ckpt.shape("encoder.block.0.layer.1.DenseReluDense.wi_0.weight")[0],
+            "num_layers": _count(keys, r"^encoder\.block\.(\d+)\."), "relative_attention_num_buckets": buckets,
+            "relative_attention_max_distance": 128, "layer_norm_epsilon": 1e-6, "vocab_size": vocab,
+            "feed_forward_proj": "gated-gelu", "dense_act_fn": "gelu_new", "is_gated_act": True,
+            "pad_token_id": 0, "eos_token_id": 1}

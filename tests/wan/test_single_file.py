@@ -262,3 +262,32 @@ def test_vae_loader_node_takes_a_single_file(tmp_path):
     g.node("WanVAELoader", id="vae", source=str(path))
     vae = Executor(output_dir=tmp_path).run(g.to_workflow(), targets=["vae"]).outputs["vae"]["vae"]
     assert vae.config["z_dim"] == 4
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_umt5_single_file_with_tokenizer_from_a_pipeline(tmp_path, dtype):
+    """ComfyUI's umt5_xxl_* files: transformers' names, no config; the tokenizer from a pipeline folder."""
+    from graphrt import Executor, GraphBuilder
+    from graphrt.registry import load_node_packs
+    from tests.wan.reference import build_tiny_wan_pipeline
+    load_node_packs()
+    pipe = build_tiny_wan_pipeline(tmp_path / "pipe")
+    enc = pipe.text_encoder.eval()
+    path = tmp_path / "files" / "umt5_tiny.safetensors"
+    path.parent.mkdir()
+    with torch.no_grad():
+        for p in enc.parameters():   # the reference runs on the values the file holds
+            p.copy_(p.to(dtype).float())
+    torch_save_file({k: v.to(dtype).contiguous() for k, v in enc.state_dict().items()
+                     if k != "encoder.embed_tokens.weight"}, str(path))
+    g = GraphBuilder()
+    te = g.node("WanTextEncoderLoader", id="te", source=str(path), tokenizer_source=str(tmp_path / "pipe"))
+    g.node("WanTextEncode", id="enc", text_encoder=te[0], text="a red fox")
+    out = Executor(output_dir=tmp_path).run(g.to_workflow(), targets=["enc"]).outputs["enc"]
+    ours = next(iter(out.values())).embeds.asnumpy()
+    ids = pipe.tokenizer(["a red fox"], padding="max_length", max_length=512, truncation=True,
+                         add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
+    with torch.no_grad():
+        ref = enc(ids.input_ids, ids.attention_mask).last_hidden_state.numpy()
+    ref = ref * ids.attention_mask.numpy()[:, :, None]    # the pipelines zero the rows past the prompt
+    assert rel_err(ours, ref) < 1e-4
