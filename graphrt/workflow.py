@@ -55,6 +55,10 @@ class Workflow:
 
     @classmethod
     def from_dict(cls, data, source: str | None = None) -> "Workflow":
+        """An API-format dict, or a UI-format one (nodes + links, as an editor saves it), converted."""
+        from .ui_format import is_ui_format, ui_to_api
+        if is_ui_format(data):
+            data = ui_to_api(data, source)
         errors = schema_errors(data)
         if errors:
             raise WorkflowError(errors, source)
