@@ -58,10 +58,12 @@ def original_key(name: str) -> str:
                 return theirs + name[len(ours):]
         return name                     # patch_embedding.*, vace_patch_embedding.*
     head, rest = m.groups()
-    for ours in sorted(_IN_BLOCK, key=len, reverse=True):   # longest first: "to_out.0" before "to_o..."
-        if rest == ours or rest.startswith(ours + "."):
-            return head + _IN_BLOCK[ours] + rest[len(ours):]
-    return name
+    return head + _BLOCK_PARTS.sub(lambda g: g.group(1) + _IN_BLOCK[g.group(2)], rest)
+
+
+# Every renamed dotted part of a block key, rewritten in one pass (longest names first).
+_BLOCK_PARTS = re.compile(r"(^|\.)(" + "|".join(re.escape(k) for k in sorted(_IN_BLOCK, key=len, reverse=True))
+                          + r")(?=\.|$)")
 
 
 def strip_prefix(keys) -> str:

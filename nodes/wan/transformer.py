@@ -190,14 +190,16 @@ class WanTransformerBlock(nn.Cell):
         return w + (ffn[0].proj.weight, ffn[0].proj.bias, ffn[2].weight, ffn[2].bias, self.norm1._ones,
                     self.norm1._zeros)
 
-    def construct(self, x, context, temb, rope, fn=None):
+    def construct(self, x, context, temb, rope, fn=None, patch=None):
         """`rope`: (cos, sin, rot) of `apply_rope`; `fn`: a compiled `make_block_fn` of the same
-        configuration (shared by all blocks)."""
+        configuration (shared by all blocks); `patch`: maps the weights to the ones to use
+        (LoRA), leaving the parameters themselves untouched."""
+        weights = self.weights() if patch is None else patch(self.weights())
         if fn is None:
-            return self.fn(x, context, temb, *rope, *self.weights())
+            return self.fn(x, context, temb, *rope, *weights)
         # Plain tensors, not Parameters: a graph given Parameters binds them and is compiled
         # (and holds its memory) once per block instead of once for all.
-        weights = [w.value() if isinstance(w, Parameter) else w for w in self.weights()]
+        weights = [w.value() if isinstance(w, Parameter) else w for w in weights]
         return fn(x, context, temb, *rope, *weights)
 
 
@@ -278,6 +280,7 @@ class WanTransformer3DModel(nn.Cell):
         self.scale_shift_table = Parameter(param_init("zeros", (1, 2, dim), ms.float32), name="scale_shift_table")
         self.config: dict = {}
         self._jit_blocks = None
+        self._active_patch = None
         self._rope_cache: dict = {}
         self._rot = ms.Tensor(rope_pair_rotation(attention_head_dim))
 
@@ -311,16 +314,18 @@ class WanTransformer3DModel(nn.Cell):
         return self._rope_cache[key]
 
     def _call_block(self, block, *args):
-        """block(*args), through the compiled graph when `compile()` was called."""
+        """block(*args), through the compiled graph when `compile()` was called, with the
+        weight patch of a LoRA view (`nodes.wan.lora`) while one is running."""
+        patch = self._active_patch
         if self._jit_blocks is not None:
             try:
-                return block(*args, fn=self._jit_blocks)
+                return block(*args, fn=self._jit_blocks, patch=patch)
             except (RuntimeError, TypeError, ValueError) as e:  # graph compile failed: stay correct, run eagerly
                 import warnings
                 warnings.warn(f"ms.jit compilation of the transformer blocks failed ({type(e).__name__}: "
                               f"{str(e).splitlines()[0][:200]}); running eagerly")
                 self._jit_blocks = None
-        return block(*args)
+        return block(*args, patch=patch)
 
     def _embed(self, hidden_states, timestep, encoder_hidden_states, encoder_hidden_states_image):
         """Patch tokens [B, L, D], context, temb, the blocks' modulation input and RoPE tables."""

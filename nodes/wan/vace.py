@@ -19,11 +19,11 @@ class WanVACETransformerBlock(WanTransformerBlock):
         self.proj_in = Linear(dim, dim, dtype=dtype) if input_projection else None
         self.proj_out = Linear(dim, dim, dtype=dtype)
 
-    def construct(self, x, context, control, temb, rope, fn=None):
+    def construct(self, x, context, control, temb, rope, fn=None, patch=None):
         """(hint for the main stream, control state for the next VACE block)."""
         if self.proj_in is not None:
             control = self.proj_in(control) + x
-        control = super().construct(control, context, temb, rope, fn)
+        control = super().construct(control, context, temb, rope, fn, patch)
         return self.proj_out(control), control
 
 

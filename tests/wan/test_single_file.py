@@ -291,3 +291,27 @@ def test_umt5_single_file_with_tokenizer_from_a_pipeline(tmp_path, dtype):
         ref = enc(ids.input_ids, ids.attention_mask).last_hidden_state.numpy()
     ref = ref * ids.attention_mask.numpy()[:, :, None]    # the pipelines zero the rows past the prompt
     assert rel_err(ours, ref) < 1e-4
+
+
+def test_original_key_names_are_the_released_ones():
+    """The names Wan-AI's and ComfyUI's files use (pinned by hand: diffusers' converter matches
+    substrings, so a round trip through it alone would not catch a half-renamed key)."""
+    ref = _reference("flf2v")
+    keys = {original_key(k) for k in ref.state_dict()}
+    block0 = {k for k in keys if k.startswith("blocks.0.")}
+    expect0 = {f"blocks.0.{m}.{p}" for m in ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o",
+                                            "cross_attn.q", "cross_attn.k", "cross_attn.v", "cross_attn.o",
+                                            "cross_attn.k_img", "cross_attn.v_img", "ffn.0", "ffn.2", "norm3")
+               for p in ("weight", "bias")}
+    expect0 |= {"blocks.0.modulation", "blocks.0.self_attn.norm_q.weight", "blocks.0.self_attn.norm_k.weight",
+                "blocks.0.cross_attn.norm_q.weight", "blocks.0.cross_attn.norm_k.weight",
+                "blocks.0.cross_attn.norm_k_img.weight"}
+    assert block0 == expect0
+    top = {k for k in keys if not k.startswith("blocks.")}
+    assert top == {"patch_embedding.weight", "patch_embedding.bias", "head.modulation", "head.head.weight",
+                   "head.head.bias", "time_embedding.0.weight", "time_embedding.0.bias", "time_embedding.2.weight",
+                   "time_embedding.2.bias", "time_projection.1.weight", "time_projection.1.bias",
+                   "text_embedding.0.weight", "text_embedding.0.bias", "text_embedding.2.weight",
+                   "text_embedding.2.bias", "img_emb.proj.0.weight", "img_emb.proj.0.bias", "img_emb.proj.1.weight",
+                   "img_emb.proj.1.bias", "img_emb.proj.3.weight", "img_emb.proj.3.bias", "img_emb.proj.4.weight",
+                   "img_emb.proj.4.bias", "img_emb.emb_pos"}
