@@ -107,3 +107,45 @@ class WanVAELoader(_SourceNode):
         from .wan.loading import load_vae
         from .wan.pipeline import resolve_source
         return (load_vae(resolve_source(source), "vae", dtype),)
+
+
+@register_node
+class WanLoraLoader(Node):
+    CATEGORY = "loaders/wan"
+    DESCRIPTION = ("Applies a LoRA to a Wan model (diffusers/PEFT, ComfyUI/original or kohya/musubi files). The "
+                   "base model is shared, not copied; chain several of these to stack LoRAs.")
+    INPUTS = [Input("model", "MODEL"),
+              Input("lora", "STRING", default="", tooltip="Path of the LoRA .safetensors file."),
+              Input("strength", "FLOAT", default=1.0, min=-10.0, max=10.0, step=0.05),
+              Input("apply_to", ["transformer", "transformer_2", "both"], default="transformer", optional=True,
+                    tooltip="Wan2.2 A14B: transformer is the high-noise expert, transformer_2 the low-noise one "
+                            "(Lightning LoRAs ship one file for each). Single-expert models use transformer.")]
+    OUTPUTS = [Output("model", "MODEL")]
+
+    @classmethod
+    def fingerprint(cls, lora="", **_):
+        return source_stamp(lora)
+
+    @classmethod
+    def validate_inputs(cls, lora="", **_):
+        import os
+        if isinstance(lora, str) and lora and not os.path.isfile(os.path.expanduser(lora)):
+            return [f"LoRA file not found: {lora}"]
+        if lora == "":
+            return ["no LoRA file given"]
+        return []
+
+    def execute(self, ctx, model, lora, strength=1.0, apply_to="transformer"):
+        import os
+        from .wan.lora import read_lora, with_lora
+        path = os.path.expanduser(lora)
+        changes = {}
+        targets = ["transformer", "transformer_2"] if apply_to == "both" else [apply_to]
+        for name in targets:
+            base = getattr(model, name)
+            if base is None:
+                if apply_to == "transformer_2":
+                    raise ValueError("apply_to=transformer_2 needs a two-expert model (Wan2.2 A14B)")
+                continue
+            changes[name] = with_lora(base, read_lora(path, getattr(base, "base", base)), strength)
+        return (model.with_(**changes),)

@@ -64,6 +64,8 @@ class WanDenoiser:
     def cache_nbytes(self) -> int:
         total = 0
         for m in (self.transformer, self.transformer_2):
-            if m is not None:
+            if hasattr(m, "loras"):   # a LoRA view: its own memory is the LoRA; the base is cached on its own
+                total += sum(lora.cache_nbytes() for lora, _ in m.loras)
+            elif m is not None:
                 total += sum(int(np.prod(p.shape)) * p.itemsize for p in m.get_parameters())
         return total
