@@ -112,3 +112,19 @@ class LoadVideo(Node):
     def execute(self, ctx, path, max_frames=0, skip_first=0, every_nth=1):
         frames, fps = media.load_video(path, max_frames, skip_first, every_nth)
         return (frames, fps)
+
+
+@register_node
+class ImageResize(Node):
+    CATEGORY = "image"
+    DESCRIPTION = ("Resizes images / video frames to width×height (PIL, through 8-bit as diffusers' processors do). "
+                   "crop=center keeps the aspect ratio.")
+    INPUTS = [Input("images", "IMAGE"),
+              Input("width", "INT", default=832, min=1, max=16384),
+              Input("height", "INT", default=480, min=1, max=16384),
+              Input("method", list(media.RESAMPLE), default="lanczos"),
+              Input("crop", ["none", "center"], default="none")]
+    OUTPUTS = [Output("images", "IMAGE")]
+
+    def execute(self, ctx, images, width, height, method="lanczos", crop="none"):
+        return (media.resize_frames(_frames(images), width, height, method, crop),)

@@ -54,6 +54,10 @@ def atomic_path(final: Path):
     tmp = Path(tmp)
     try:
         yield tmp
+        # mkstemp makes the file private (0600); a saved output gets the usual umask-based mode
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -189,3 +193,27 @@ def probe_video(path: str | os.PathLike) -> dict:
     meta = next(reader)
     reader.close()
     return {"frames": n, "width": meta["size"][0], "height": meta["size"][1], "fps": meta.get("fps")}
+
+
+RESAMPLE = {"lanczos": 1, "bilinear": 2, "bicubic": 3, "nearest": 0}   # PIL's filter numbers
+
+
+def resize_frames(frames, width: int, height: int, method: str = "lanczos", crop: str = "none") -> np.ndarray:
+    """Frames [N, H, W, 3] in 0..1 resized to width×height through 8-bit PIL images (as diffusers'
+    processors do, so results match them); `crop="center"` keeps the aspect ratio by cropping first."""
+    from PIL import Image
+    frames = np.asarray(frames, np.float32)
+    n, h, w = frames.shape[:3]
+    box = None
+    if crop == "center" and h * width != w * height:
+        if w * height > h * width:      # too wide: crop the sides
+            cw = h * width / height
+            box = ((w - cw) / 2, 0, (w + cw) / 2, h)
+        else:
+            ch = w * height / width
+            box = (0, (h - ch) / 2, w, (h + ch) / 2)
+    out = np.empty((n, height, width, 3), np.float32)
+    for i, f in enumerate(to_uint8(frames)):
+        img = Image.fromarray(f)
+        out[i] = np.asarray(img.resize((width, height), RESAMPLE[method], box=box), np.float32) / 255.0
+    return out
