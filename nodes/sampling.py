@@ -7,6 +7,21 @@ from graphrt import Input, Node, Output, register_node
 from .latents import noise_for
 
 
+def _check_inputs(model, latent_channels: int, positive) -> None:
+    """Errors that name the node input to fix rather than tensor shapes."""
+    concat = positive.concat_channels
+    if latent_channels + concat != model.in_channels:
+        if concat == 0 and model.in_channels > latent_channels:
+            raise ValueError(f"the model is an image-to-video model ({model.in_channels} input channels): feed "
+                             "WanDenoise the positive, negative and latent outputs of WanImageToVideo")
+        raise ValueError(f"the latent has {latent_channels} channels"
+                         + (f" and the image conditioning {concat}" if concat else "")
+                         + f" but the model takes {model.in_channels}; use the matching VAE for the latent")
+    if model.config.get("image_dim") is not None and positive.image_embeds is None:
+        raise ValueError("this model needs CLIP image embeddings but the conditioning has none: connect a "
+                         "WanCLIPVisionEncode output to WanImageToVideo's `clip_vision_output` input")
+
+
 @register_node
 class WanDenoise(Node):
     CATEGORY = "sampling/wan"
@@ -50,9 +65,7 @@ class WanDenoise(Node):
                 noise=None):
         from .wan.sampling import denoise
         samples = latent["samples"]
-        if samples.shape[1] != model.in_channels:
-            raise ValueError(f"the latent has {samples.shape[1]} channels but the model takes {model.in_channels}; "
-                             "use the matching VAE for the empty latent")
+        _check_inputs(model, samples.shape[1], positive)
         if guidance > 1.0 and negative is None:
             raise ValueError("guidance > 1 needs a negative conditioning (an empty-prompt text encode gives "
                              "diffusers' default)")

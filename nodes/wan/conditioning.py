@@ -1,10 +1,16 @@
 """Prompt embeddings and the text-encoder bundle that makes them."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import mindspore as ms
+
+
+# `extras` keys of image-to-video conditioning (see image_to_video.py):
+CONCAT_LATENTS = "concat_latents"      # Wan2.1/2.2 I2V, FLF2V: channels appended to the model input
+FIRST_FRAME_LATENTS = "first_frame_latents"   # TI2V-5B: the encoded start image [B, z, 1, h, w]
+FIRST_FRAME_MASK = "first_frame_mask"         # TI2V-5B: [1, 1, T', h, w], 0 on the given frame
 
 
 @dataclass(frozen=True)
@@ -24,7 +30,22 @@ class WanConditioning:
         n = int(self.embeds.nbytes)
         if self.image_embeds is not None:
             n += int(self.image_embeds.nbytes)
-        return n
+        return n + sum(int(getattr(v, "nbytes", 0)) for v in self.extras.values())
+
+    def with_image(self, image_embeds=None, **extras) -> "WanConditioning":
+        """A copy carrying image conditioning; the text part is shared, not copied."""
+        embeds = self.image_embeds if image_embeds is None else image_embeds
+        return replace(self, image_embeds=embeds, extras={**self.extras, **extras})
+
+    @property
+    def concat_latents(self):
+        """[B, 4 + z, T', h, w] mask + image latents the I2V models take after the noisy latents."""
+        return self.extras.get(CONCAT_LATENTS)
+
+    @property
+    def concat_channels(self) -> int:
+        c = self.concat_latents
+        return 0 if c is None else int(c.shape[1])
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,9 @@ hub repo, or the built-in `tiny` preset) and generate, as diffusers does.
     pipe = load_pipeline("Wan-AI/Wan2.1-T2V-1.3B-Diffusers")
     frames = pipe.text_to_video("a fox", negative_prompt="", height=480, width=832,
                                 num_frames=81, steps=50, guidance=5.0, seed=0)
+
+    pipe = load_pipeline("Wan-AI/Wan2.1-I2V-14B-480P-Diffusers")
+    frames = pipe.text_image_to_video(PIL.Image.open("cat.png"), "a cat turns its head", height=480, width=832)
 """
 from __future__ import annotations
 
@@ -131,10 +134,12 @@ class WanPipeline:
     denoiser: WanDenoiser
     text_encoder: WanTextEncoder
     vae: object
+    clip_vision: object | None = None     # WanCLIPVision: Wan2.1 I2V / FLF2V only
 
     @property
     def latent_channels(self) -> int:
-        return self.denoiser.in_channels
+        """Channels the scheduler steps (I2V models take more: the image conditioning is appended)."""
+        return self.vae.z_dim
 
     def latent_shape(self, batch: int, height: int, width: int, num_frames: int) -> tuple:
         s, t = self.vae.spatial_compression, self.vae.temporal_compression
@@ -157,9 +162,46 @@ class WanPipeline:
                        scheduler=scheduler, shift=shift, noise=noise, callback=callback)
         return decode_latents(self.vae, x)
 
+    def _encode_prompts(self, prompt, negative_prompt, guidance: float):
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        pos = self.text_encoder.encode(prompts)
+        neg = None
+        if guidance > 1.0:
+            negs = negative_prompt if isinstance(negative_prompt, list) else [negative_prompt or ""] * len(prompts)
+            neg = self.text_encoder.encode(negs)
+        return pos, neg, len(prompts)
+
+    def text_image_to_video(self, image, prompt: str | list[str], negative_prompt: str | list[str] | None = "", *,
+                            last_image=None, height: int = 480, width: int = 832, num_frames: int = 81,
+                            steps: int = 50, guidance: float = 5.0, guidance_2: float | None = None,
+                            shift: float | None = None, scheduler: str = "unipc", seed: int = 0, latents=None,
+                            image_embeds=None, callback=None) -> np.ndarray:
+        """Image-to-video as diffusers' WanImageToVideoPipeline (Wan2.1 I2V, FLF2V with `last_image`,
+        Wan2.2 I2V A14B, TI2V-5B): frames [B, F, H, W, 3] in 0..1. `latents` overrides the seed's noise;
+        `image_embeds` replaces the CLIP encoding of the image(s)."""
+        from .image_to_video import condition_on_images, needs_image_embeds
+        pos, neg, batch = self._encode_prompts(prompt, negative_prompt, guidance)
+        if image_embeds is None and needs_image_embeds(self.denoiser):
+            if self.clip_vision is None:
+                raise ValueError("this model attends to CLIP image tokens but the pipeline has no image encoder")
+            image_embeds = self.clip_vision.encode([image] if last_image is None else [image, last_image])
+        if image_embeds is not None and batch > 1:
+            image_embeds = ms.Tensor(np.tile(image_embeds.asnumpy(), (batch, 1, 1)))
+        pos, neg = condition_on_images(self.vae, pos, neg, image, height=height, width=width, num_frames=num_frames,
+                                       batch=batch, last_image=last_image, image_embeds=image_embeds)
+        shape = self.latent_shape(batch, height, width, num_frames)
+        noise = np.asarray(latents, np.float32) if latents is not None else make_noise(seed, shape)
+        x, _ = denoise(self.denoiser, pos, neg, steps=steps, guidance=guidance, guidance_2=guidance_2,
+                       scheduler=scheduler, shift=shift, noise=noise, callback=callback)
+        return decode_latents(self.vae, x)
+
 
 def load_pipeline(source: str | os.PathLike, dtype="float32", vae_dtype="float32",
                   text_encoder_dtype="float32", compile: bool | str = "auto") -> WanPipeline:
     root = resolve_source(source)
+    clip = None
+    if (root / "image_encoder").is_dir():
+        from .image_to_video import load_clip_vision
+        clip = load_clip_vision(root, dtype)
     return WanPipeline(denoiser=load_denoiser(root, dtype, compile), text_encoder=load_text(root, text_encoder_dtype),
-                       vae=load_vae(root, "vae", dtype=vae_dtype))
+                       vae=load_vae(root, "vae", dtype=vae_dtype), clip_vision=clip)

@@ -14,7 +14,9 @@ import numpy as np
 import mindspore as ms
 from mindspore import mint
 
+from .conditioning import CONCAT_LATENTS, FIRST_FRAME_MASK
 from .denoiser import WanDenoiser
+from .image_to_video import recompose_first_frame, token_timestep_mask
 from .schedulers import FlowMatchEulerScheduler, UniPCFlowScheduler
 
 SCHEDULERS = {"unipc": UniPCFlowScheduler, "euler": FlowMatchEulerScheduler}
@@ -53,24 +55,63 @@ def _same_shape(a, b) -> bool:
     return (a is None) == (b is None) and (a is None or tuple(a.shape) == tuple(b.shape))
 
 
+def _model_input(x, cond, denoiser: WanDenoiser):
+    """What the transformer takes for latents x under this conditioning (only x is stepped)."""
+    concat = cond.extras.get(CONCAT_LATENTS)
+    if concat is not None:
+        if concat.shape[0] != x.shape[0]:
+            concat = mint.broadcast_to(concat, (x.shape[0],) + tuple(concat.shape[1:]))
+        return mint.cat([x, concat.astype(x.dtype)], dim=1).astype(denoiser.dtype)
+    if FIRST_FRAME_MASK in cond.extras:
+        return recompose_first_frame(x, cond).astype(denoiser.dtype)
+    return x.astype(denoiser.dtype)
+
+
+def _timestep_input(denoiser: WanDenoiser, t, shape, cond) -> ms.Tensor:
+    mask = cond.extras.get(FIRST_FRAME_MASK)
+    if mask is None:
+        return denoiser.timestep_input(t, shape)
+    # TI2V image-to-video: the given frame's tokens are clean, so they get timestep 0
+    tokens = token_timestep_mask(mask, denoiser.config.get("patch_size", (1, 2, 2)))
+    return ms.Tensor(np.tile((tokens * np.float32(t)).astype(np.float32), (shape[0], 1)))
+
+
 def _guided(model, x, t, cond, uncond, guidance: float, cfg: bool, denoiser: WanDenoiser):
-    ts = denoiser.timestep_input(t, x.shape)
-    xin = x.astype(denoiser.dtype)
+    ts = _timestep_input(denoiser, t, x.shape, cond)
+    xin = _model_input(x, cond, denoiser)
     if not cfg:
         return model(xin, ts, cond.embeds, encoder_hidden_states_image=cond.image_embeds)
     if uncond is None:
         raise ValueError("guidance > 1 needs a negative conditioning")
+    xin_u = xin if not uncond.extras else _model_input(x, uncond, denoiser)
     if (denoiser.tokens(x.shape) * x.shape[0] <= CFG_BATCH_MAX_TOKENS and _same_shape(cond.embeds, uncond.embeds)
             and _same_shape(cond.image_embeds, uncond.image_embeds)):
         b = x.shape[0]
         img = None if cond.image_embeds is None else mint.cat([cond.image_embeds, uncond.image_embeds])
-        both = model(mint.cat([xin, xin]), mint.cat([ts, ts]), mint.cat([cond.embeds, uncond.embeds]),
+        both = model(mint.cat([xin, xin_u]), mint.cat([ts, ts]), mint.cat([cond.embeds, uncond.embeds]),
                      encoder_hidden_states_image=img)
         pred, pred_u = both[:b], both[b:]
     else:
         pred = model(xin, ts, cond.embeds, encoder_hidden_states_image=cond.image_embeds)
-        pred_u = model(xin, ts, uncond.embeds, encoder_hidden_states_image=uncond.image_embeds)
+        pred_u = model(xin_u, ts, uncond.embeds, encoder_hidden_states_image=uncond.image_embeds)
     return pred_u + guidance * (pred - pred_u)
+
+
+def check_conditioning(denoiser: WanDenoiser, latent_channels: int, cond) -> None:
+    """Fail early, naming what is missing, when the conditioning does not fit the model."""
+    expected = denoiser.in_channels
+    got = latent_channels + cond.concat_channels
+    if got != expected:
+        if cond.concat_channels == 0 and expected > latent_channels:
+            raise ValueError(f"the model takes {expected} input channels ({expected - latent_channels} of image "
+                             f"conditioning) but the conditioning carries no image latents: condition it on a "
+                             f"start image (WanImageToVideo)")
+        raise ValueError(f"latent ({latent_channels} channels) plus image conditioning ({cond.concat_channels}) "
+                         f"give {got} channels but the model takes {expected}")
+    if denoiser.config.get("image_dim") is not None and cond.image_embeds is None:
+        raise ValueError("the model attends to CLIP image embeddings (image_dim "
+                         f"{denoiser.config['image_dim']}) but the conditioning has none: pass image embeds "
+                         "(WanImageToVideo's clip_vision_output input, from WanCLIPVisionEncode)")
 
 
 def denoise(denoiser: WanDenoiser, positive, negative, *, steps: int, guidance: float,
@@ -119,6 +160,9 @@ def denoise(denoiser: WanDenoiser, positive, negative, *, steps: int, guidance: 
     # and each expert then mixes with its own scale.
     cfg = guidance > 1.0
     x = x.astype(ms.float32)
+    for cond in (positive, negative) if cfg else (positive,):
+        if cond is not None:
+            check_conditioning(denoiser, x.shape[1], cond)
     for i in range(start_step, end_step):
         t = sched.timesteps[i]
         model, expert = denoiser.expert_for(t)
@@ -131,6 +175,9 @@ def denoise(denoiser: WanDenoiser, positive, negative, *, steps: int, guidance: 
             t = sched.timesteps[end_step]
             model, expert = denoiser.expert_for(t)
             pred = _guided(model, x, t, positive, negative, g2 if expert else guidance, cfg, denoiser)
-            return x - float(sched.sigmas[end_step]) * pred.astype(ms.float32), None
-        return x, SamplerState(x, scheduler, steps, shift, end_step, sched.state_dict())
-    return x, None
+            x0 = x - float(sched.sigmas[end_step]) * pred.astype(ms.float32)
+            return recompose_first_frame(x0, positive), None
+        # the state keeps the raw latents: the next stage recomposes its model input itself
+        return recompose_first_frame(x, positive), SamplerState(x, scheduler, steps, shift, end_step,
+                                                                sched.state_dict())
+    return recompose_first_frame(x, positive), None

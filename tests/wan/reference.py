@@ -44,6 +44,90 @@ def build_tiny_wan_pipeline(folder: Path, scheduler: str = "unipc", shift: float
     return pipe
 
 
+TINY_CLIP = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=3, num_attention_heads=2, patch_size=4,
+                 image_size=16, projection_dim=8, hidden_act="gelu")
+CLIP_TOKENS = (16 // 4) ** 2 + 1
+TINY_VAE22 = dict(base_dim=8, decoder_base_dim=12, z_dim=48, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
+                  temperal_downsample=[False, True, True], is_residual=True, in_channels=12, out_channels=12,
+                  patch_size=2, scale_factor_spatial=16)
+# The image-to-video variants: transformer changes, and what the pipeline adds.
+I2V_KINDS = {
+    "wan21": dict(transformer=dict(in_channels=36, image_dim=16, added_kv_proj_dim=24), clip=True),
+    "flf2v": dict(transformer=dict(in_channels=36, image_dim=16, added_kv_proj_dim=24,
+                                   pos_embed_seq_len=2 * CLIP_TOKENS), clip=True),
+    "wan22": dict(transformer=dict(in_channels=36), clip=False, boundary_ratio=0.9),
+    "ti2v": dict(transformer=dict(in_channels=48, out_channels=48), clip=False, expand_timesteps=True, vae22=True),
+}
+
+
+def _tiny_tokenizer_and_encoder(folder: Path, seed: int):
+    import torch
+    from transformers import T5TokenizerFast, UMT5Config, UMT5EncoderModel
+
+    from nodes.wan.presets import _write_tokenizer
+
+    tok_dir = folder.parent / f"{folder.name}-tokenizer-src"
+    vocab = _write_tokenizer(tok_dir)
+    tokenizer = T5TokenizerFast(tokenizer_file=str(tok_dir / "tokenizer.json"), pad_token="<pad>",
+                                eos_token="</s>", unk_token="<unk>", extra_ids=0)
+    torch.manual_seed(seed)
+    return tokenizer, UMT5EncoderModel(UMT5Config(vocab_size=vocab, **TINY_UMT5)).eval()
+
+
+def build_tiny_wan_i2v_pipeline(folder: Path, kind: str = "wan21", shift: float = 3.0, seed: int = 0):
+    """A random tiny WanImageToVideoPipeline (`kind` in I2V_KINDS) saved in the diffusers layout."""
+    import torch
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanImageToVideoPipeline, WanTransformer3DModel
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    spec = I2V_KINDS[kind]
+    folder = Path(folder)
+    tokenizer, text_encoder = _tiny_tokenizer_and_encoder(folder, seed + 2)
+    config = {**TINY_TRANSFORMER, **spec["transformer"]}
+    torch.manual_seed(seed)
+    transformer = WanTransformer3DModel(**config)
+    if "pos_embed_seq_len" in config:   # zeros at init: make the FLF2V position embedding matter
+        with torch.no_grad():
+            transformer.condition_embedder.image_embedder.pos_embed.normal_(0, 0.5)
+    transformer_2 = None
+    if spec.get("boundary_ratio"):
+        torch.manual_seed(seed + 10)
+        transformer_2 = WanTransformer3DModel(**config)
+    torch.manual_seed(seed + 1)
+    if spec.get("vae22"):
+        rng = np.random.default_rng(seed)
+        vae = AutoencoderKLWan(**TINY_VAE22, latents_mean=rng.normal(0, 0.2, 48).tolist(),
+                               latents_std=rng.uniform(0.5, 1.5, 48).tolist())
+    else:
+        vae = AutoencoderKLWan(**TINY_VAE)
+    image_encoder = image_processor = None
+    if spec["clip"]:
+        torch.manual_seed(seed + 3)
+        image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**TINY_CLIP)).eval()
+        image_processor = CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16},
+                                             do_center_crop=True, resample=3)
+    sched = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000,
+                                    flow_shift=shift)
+    pipe = WanImageToVideoPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=sched,
+                                   image_processor=image_processor, image_encoder=image_encoder,
+                                   transformer=transformer, transformer_2=transformer_2,
+                                   boundary_ratio=spec.get("boundary_ratio"),
+                                   expand_timesteps=spec.get("expand_timesteps", False))
+    pipe.save_pretrained(folder)
+    return pipe
+
+
+def reference_i2v_frames(pipe, image, prompt, negative_prompt, noise: np.ndarray, height, width, num_frames, steps,
+                         guidance, last_image=None, guidance_2=None):
+    import torch
+    extra = {} if guidance_2 is None else {"guidance_scale_2": guidance_2}
+    with torch.no_grad():
+        out = pipe(image=image, last_image=last_image, prompt=prompt, negative_prompt=negative_prompt,
+                   height=height, width=width, num_frames=num_frames, num_inference_steps=steps,
+                   guidance_scale=guidance, latents=torch.from_numpy(noise), output_type="np", **extra)
+    return np.asarray(out.frames)
+
+
 def reference_frames(pipe, prompt, negative_prompt, noise: np.ndarray, height, width, num_frames, steps, guidance):
     import torch
     with torch.no_grad():
