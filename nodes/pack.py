@@ -1,2 +1,2 @@
 """Importing this module registers every Wan node type with graphrt."""
-from . import conditioning, image_to_video, io, latents, loaders, sampling, vae  # noqa: F401
+from . import conditioning, image_to_video, io, latents, loaders, sampling, vace, vae  # noqa: F401

@@ -18,6 +18,7 @@ from .conditioning import CONCAT_LATENTS, FIRST_FRAME_MASK
 from .denoiser import WanDenoiser
 from .image_to_video import recompose_first_frame, token_timestep_mask
 from .schedulers import FlowMatchEulerScheduler, UniPCFlowScheduler
+from .vace_conditioning import VACE_CONTROL, VACE_STRENGTH
 
 SCHEDULERS = {"unipc": UniPCFlowScheduler, "euler": FlowMatchEulerScheduler}
 
@@ -76,11 +77,25 @@ def _timestep_input(denoiser: WanDenoiser, t, shape, cond) -> ms.Tensor:
     return ms.Tensor(np.tile((tokens * np.float32(t)).astype(np.float32), (shape[0], 1)))
 
 
+def _control_kwargs(model, cond, batch: int) -> dict:
+    """VACE control for the model call (the same control for cond and uncond), or nothing."""
+    control = cond.extras.get(VACE_CONTROL)
+    if control is None:
+        return {}
+    if not hasattr(model, "vace_layers"):
+        raise ValueError("the conditioning carries VACE control but the model is not a VACE model")
+    if control.shape[0] != batch:
+        control = mint.cat([control] * (batch // control.shape[0]))
+    scale = [float(cond.extras.get(VACE_STRENGTH, 1.0))] * len(model.vace_layers)
+    return {"control_hidden_states": control.astype(model.dtype), "control_hidden_states_scale": scale}
+
+
 def _guided(model, x, t, cond, uncond, guidance: float, cfg: bool, denoiser: WanDenoiser):
     ts = _timestep_input(denoiser, t, x.shape, cond)
     xin = _model_input(x, cond, denoiser)
     if not cfg:
-        return model(xin, ts, cond.embeds, encoder_hidden_states_image=cond.image_embeds)
+        return model(xin, ts, cond.embeds, encoder_hidden_states_image=cond.image_embeds,
+                     **_control_kwargs(model, cond, x.shape[0]))
     if uncond is None:
         raise ValueError("guidance > 1 needs a negative conditioning")
     xin_u = xin if not uncond.extras else _model_input(x, uncond, denoiser)
@@ -89,11 +104,13 @@ def _guided(model, x, t, cond, uncond, guidance: float, cfg: bool, denoiser: Wan
         b = x.shape[0]
         img = None if cond.image_embeds is None else mint.cat([cond.image_embeds, uncond.image_embeds])
         both = model(mint.cat([xin, xin_u]), mint.cat([ts, ts]), mint.cat([cond.embeds, uncond.embeds]),
-                     encoder_hidden_states_image=img)
+                     encoder_hidden_states_image=img, **_control_kwargs(model, cond, 2 * b))
         pred, pred_u = both[:b], both[b:]
     else:
-        pred = model(xin, ts, cond.embeds, encoder_hidden_states_image=cond.image_embeds)
-        pred_u = model(xin_u, ts, uncond.embeds, encoder_hidden_states_image=uncond.image_embeds)
+        pred = model(xin, ts, cond.embeds, encoder_hidden_states_image=cond.image_embeds,
+                     **_control_kwargs(model, cond, x.shape[0]))
+        pred_u = model(xin_u, ts, uncond.embeds, encoder_hidden_states_image=uncond.image_embeds,
+                       **_control_kwargs(model, uncond if VACE_CONTROL in uncond.extras else cond, x.shape[0]))
     return pred_u + guidance * (pred - pred_u)
 
 
