@@ -8,23 +8,34 @@ Semantics are torch's `F.conv3d` / `F.conv2d` with symmetric zero `padding`,
 `groups=1`, `dilation=1`; weights are in torch layout (O, C, *kernel).
 
 On Ascend/GPU the device kernels (`ops.conv3d` / `ops.conv2d`) are used. On CPU
-the speed of MindSpore's kernels depends on the machine: oneDNN picks its
-gemm-based convolution (`x64:gemm:jit`, ~30 GFLOP/s on 2 AVX2 cores) on some
-CPUs and its reference kernel (~0.4 GFLOP/s, mindspore_cpu.md §3) on others.
-A one-off probe (`native_conv_is_fast`, ~1 ms; override with GRAPHRT_CPU_CONV=
-native|im2col) decides:
+the speed of MindSpore's kernels depends on the machine: oneDNN runs its
+gemm-based convolution (`x64:gemm:jit`, 30–60 GFLOP/s on 2 AVX2 cores; see
+ONEDNN_VERBOSE=1) on some CPUs and its reference kernel (~0.4 GFLOP/s,
+mindspore_cpu.md §3) on others. A one-off probe (`native_conv_is_fast`, ~70 ms
+once; force with GRAPHRT_CPU_CONV=native|im2col) picks the CPU strategy:
 
-* fast native conv2d: a 3-D convolution becomes one `ops.conv2d` per output
-  frame, the kt input frames of its window folded into the channels
-  (C·kt channels: a free reshape of the [C, kt, H, W] window, weights reshaped
-  to (O, C·kt, kh, kw)). On the Wan2.1 decode shapes this is 1.3–4x faster than
-  our im2col below and 3–10x faster than `ops.conv3d` (also gemm-based there).
-* reference-only kernels: an im2col followed by one matmul per slab. For
-  spatial stride 1 the padded input is flattened so each kernel tap is a
-  contiguous slice at a fixed offset; the column matrix is built for slabs of
-  output positions so that it never exceeds `COL_BUDGET_BYTES`.
+* native conv2d is fast: a 3-D convolution is one `ops.conv2d` over its output
+  frames, each frame's kt-frame input window folded into the channels (C·kt
+  channels; a free reshape for a single window, otherwise windows stacked into
+  the batch dim, at most `WINDOW_BUDGET_BYTES` per call). Padding is passed to
+  the kernel. Per Wan2.1 decode call 1.25–2.9x faster than the im2col below
+  and up to 2.7x faster than `ops.conv3d` (equal at 384 ch, 32×32); torch's
+  direct blocked-layout conv (`jit:avx2`) is still 1.4–2x faster per call,
+  and that kernel gap is most of what remains.
+* reference kernels only: im2col followed by one matmul per slab. For spatial
+  stride 1 the padded input is flattened so each kernel tap is a contiguous
+  slice at a fixed offset; slabs of output positions keep the column matrix
+  under `COL_BUDGET_BYTES`.
+* either way, stride-1 convs with at most `TAP_SUM_MAX_OUT` output channels
+  (the decoder's conv_out) run as one well-shaped matmul plus shifted adds
+  (`_tap_sum_conv3d`): a 3-row gemm runs at ~1 GFLOP/s.
 
+`upsample_conv2d` fuses nearest ×2 upsampling into the following 3×3 conv.
 Zero padding is a `mint.cat` with zero blocks: `ops.pad` is ~10x slower on CPU.
+Tried on CPU and dropped (measured, not faster): compiling each native conv
+with ms.jit (~1 s per shape, +30 s per decode, warm decodes no faster),
+spatial row bands, channels-last im2col with per-tap accumulated matmuls
+(MindSpore copies run at ~1 GB/s and matmuls on strided views ~3x slower).
 """
 from __future__ import annotations
 
@@ -38,6 +49,9 @@ from .runtime import device
 
 # Largest im2col matrix materialised at once on the CPU path.
 COL_BUDGET_BYTES = 256 * 1024 * 1024
+# Largest stack of frame windows fed to one native conv2d (a Wan2.1 decode at
+# 256x256 needs 300 MB for its 4 windows of 96 channels; bigger inputs split).
+WINDOW_BUDGET_BYTES = 512 * 1024 * 1024
 
 # Opt-in (GRAPHRT_CONV_JIT=1): column slabs whose matmul reaches this many FLOPs run
 # as a compiled graph (stack + matmul: 2–3x faster per call), but each conv shape
@@ -75,8 +89,8 @@ def _use_im2col() -> bool:
     return device() == "CPU"
 
 
-# Native CPU conv2d counts as usable above this rate; the two oneDNN paths
-# measured here differ by ~100x (0.4 vs 20-40 GFLOP/s), so any value between is safe.
+# Native CPU conv2d counts as usable above this rate on the probe's small problem:
+# the gemm kernel gives 12-18 GFLOP/s there (2 AVX2 cores), the reference one ~0.4.
 NATIVE_MIN_GFLOPS = 3.0
 _native_fast = None
 
@@ -118,15 +132,20 @@ def _zero_pad(x, padding):
     return x
 
 
-def _frame_conv3d(x, weight, bias, stride, padding):
-    """3-D convolution as one native conv2d per output frame, its kt-frame window folded into channels.
+def _native_conv2d(x, weight, bias, stride, padding):
+    # Eager on purpose: compiling each conv shape with ms.jit (~1 s each, ~30 s per
+    # Wan2.1 decode) bought nothing measurable on the warm second decode either.
+    return ops.conv2d(x, weight, bias, tuple(stride), "pad", tuple(padding))
 
-    A single window ([B, C, kt, H, W], the usual one-latent-frame decode step)
-    is read as [B, C·kt, H, W] for free, matching the weight flattened to
-    (O, C·kt, kh, kw). Several windows are cut from a frame-major copy
-    [B, T, C, H, W] instead: each is then a contiguous block (slicing time in
-    channel-major order costs one strided copy per window, ~2x more in total),
-    and the weight is flattened frame-major to match.
+
+def _frame_conv3d(x, weight, bias, stride, padding):
+    """3-D convolution as a native conv2d over output frames, each one's kt-frame window folded into channels.
+
+    A window x[:, :, t0:t0+kt] is [B, C, kt, H, W]; read as [B, C·kt, H, W] its
+    channel c·kt+dt is frame dt of channel c, the order of the weight flattened
+    to (O, C·kt, kh, kw). One window (the usual one-latent-frame decode step) is
+    a free reshape; several are stacked into the batch dim of a single conv2d,
+    which measured 10–20% faster than one call per window.
     """
     x = _pad_dim(x, 2, padding[0], padding[0])
     b, c, t, h, w = x.shape
@@ -134,18 +153,58 @@ def _frame_conv3d(x, weight, bias, stride, padding):
     tout = (t - kt) // stride[0] + 1
     if tout <= 0:
         raise ValueError(f"convolution input {tuple(x.shape)} is shorter than the kernel {tuple(weight.shape[2:])}")
+    w2 = weight.reshape(o, c * kt, kh, kw)
     if tout == 1:
         win = x if t == kt else x[:, :, :kt]
-        y = ops.conv2d(win.reshape(b, c * kt, h, w), weight.reshape(o, c * kt, kh, kw), bias,
-                       stride[1:], "pad", padding[1:])
-        return y.reshape(y.shape[:2] + (1,) + y.shape[2:])
-    xt = x.swapaxes(1, 2).contiguous()
-    w2 = weight.swapaxes(1, 2).reshape(o, kt * c, kh, kw)
-    frames = []
-    for i in range(tout):
-        win = xt[:, i * stride[0]:i * stride[0] + kt].reshape(b, kt * c, h, w)
-        frames.append(ops.conv2d(win, w2, bias, stride[1:], "pad", padding[1:]))
-    return ops.stack(frames, 2)
+        y = _native_conv2d(win.reshape(b, c * kt, h, w), w2, bias, stride[1:], padding[1:])
+        return y.reshape((b, o, 1) + y.shape[2:])
+    # Stacked windows repeat every frame kt/stride times: bound them like im2col columns.
+    per_win = b * c * kt * h * w * 4
+    group = max(1, WINDOW_BUDGET_BYTES // per_win)
+    outs = []
+    for i0 in range(0, tout, group):
+        n = min(group, tout - i0)
+        wins = ops.stack([x[:, :, i * stride[0]:i * stride[0] + kt] for i in range(i0, i0 + n)], 1)
+        y = _native_conv2d(wins.reshape(b * n, c * kt, h, w), w2, bias, stride[1:], padding[1:])
+        outs.append(y.reshape((b, n) + y.shape[1:]))
+    y = outs[0] if len(outs) == 1 else mint.cat(outs, dim=1)
+    return y.swapaxes(1, 2)
+
+
+# Output channels up to which a stride-1 conv is computed tap-sum style (below).
+TAP_SUM_MAX_OUT = 16
+
+
+def _tap_sum_conv3d(x, weight, bias, padding):
+    """Stride-1 conv with few output channels (the decoder's conv_out, O=3): matmul first, shift-add after.
+
+    oneDNN's gemm convolution with O=3 runs at ~1 GFLOP/s (a 3-row gemm). Here one
+    matmul maps the C input channels to O·taps partial outputs per pixel (a
+    well-shaped gemm), then each tap's O rows, shifted by the tap's flat offset
+    on the padded grid, are summed: the shifts touch only O·taps rows, not C·taps.
+    """
+    x = _zero_pad(x, padding)
+    b, c, t, h, w = x.shape
+    o, _, kt, kh, kw = weight.shape
+    out_t, out_h, out_w = t - kt + 1, h - kh + 1, w - kw + 1
+    plane = h * w
+    offs = _taps((kt, kh, kw), plane, w)
+    n = (out_t - 1) * plane + (out_h - 1) * w + out_w
+    # Rows tap-major: row tap·O + o holds weight[o, :, tap].
+    wt = weight.reshape(o, c, -1).permute(2, 0, 1).reshape(-1, c)
+    outs = []
+    for i in range(b):
+        z = _matmul(wt, x[i].reshape(c, -1))
+        y = None
+        for k, off in enumerate(offs):
+            part = z[k * o:(k + 1) * o, off:off + n]
+            y = part if y is None else y + part
+        y = mint.cat([y, mint.zeros((o, out_t * plane - n), dtype=y.dtype)], dim=1)
+        outs.append(y.reshape(o, out_t, h, w)[:, :, :out_h, :out_w])
+    y = outs[0][None] if b == 1 else ops.stack(outs, 0)
+    if bias is not None:
+        y = y + bias.reshape(1, -1, 1, 1, 1)
+    return y
 
 
 def _pointwise(x, weight, bias, stride):
@@ -291,14 +350,65 @@ def _conv(x, weight, bias, stride, padding, nd):
     if all(k == 1 for k in weight.shape[2:]) and not any(padding):
         return _pointwise(x, weight, bias, stride)
     if _use_im2col():
+        if nd == 3 and weight.shape[0] <= TAP_SUM_MAX_OUT and all(st == 1 for st in stride):
+            return _tap_sum_conv3d(x, weight, bias, padding)
         if native_conv_is_fast():
             if nd == 2:
-                return ops.conv2d(x, weight, bias, stride, "pad", padding)
+                return _native_conv2d(x, weight, bias, stride, padding)
             return _frame_conv3d(x, weight, bias, stride, padding)
         return _im2col_conv(_zero_pad(x, padding), weight, bias, stride)
     x = _zero_pad(x, padding)
     fn = ops.conv3d if nd == 3 else ops.conv2d
     return fn(x, weight, bias, stride=stride, pad_mode="valid")
+
+
+def _phase_kernels(weight):
+    """The four 2×2 kernels of a 3×3 kernel applied to a nearest-×2 upsampled image, one per output parity.
+
+    Output row 2i+a reads upsampled rows 2i+a-1..2i+a+1, i.e. source rows
+    (i-1, i, i) for a=0 and (i, i, i+1) for a=1: kernel rows 1 and 2 (a=0) or
+    0 and 1 (a=1) hit the same source row and merge. Same for columns.
+    """
+    def merge(w, axis):
+        first, mid, last = (w[:, :, i:i + 1] if axis == 2 else w[:, :, :, i:i + 1] for i in range(3))
+        return mint.cat([first, mid + last], dim=axis), mint.cat([first + mid, last], dim=axis)
+
+    rows = merge(weight, 2)
+    return [merge(r, 3) for r in rows]  # [a][b]: (O, C, 2, 2)
+
+
+def upsample_conv2d(x, weight, bias=None):
+    """conv2d(nearest ×2 upsample of x, 3×3 weight, bias, padding 1), per frame for x [B,C,T,H,W].
+
+    On CPU this never builds the upsampled image: each output parity (a, b) is a
+    2×2 convolution of the zero-padded source (`_phase_kernels`), so the conv
+    does 16 instead of 36 multiply-adds per source pixel and channel pair, then
+    the four phase images are interleaved. Elsewhere: interpolate, then conv.
+    """
+    five = x.ndim == 5
+    if five:
+        b, c, t, h, w = x.shape
+        frames = x.swapaxes(1, 2).reshape(b * t, c, h, w)
+    else:
+        frames = x
+        b, c, h, w = x.shape
+    if not _use_im2col():
+        # Nearest upsampling in fp32: CPU and some devices lack bf16 kernels for it.
+        up = mint.nn.functional.interpolate(frames.astype(ms.float32), scale_factor=2.0, mode="nearest")
+        y = conv2d(up.astype(x.dtype), weight, bias, 1, 1)
+    else:
+        xp = _zero_pad(frames, (1, 1))
+        n, o = frames.shape[0], weight.shape[0]
+        rows = []
+        for a, row in enumerate(_phase_kernels(weight)):
+            cols = []
+            for bb, k in enumerate(row):
+                cols.append(conv2d(xp, k, bias)[:, :, a:a + h, bb:bb + w])
+            rows.append(ops.stack(cols, -1).reshape(n, o, h, 2 * w))
+        y = ops.stack(rows, 3).reshape(n, o, 2 * h, 2 * w)
+    if five:
+        return y.reshape(b, t, y.shape[1], 2 * h, 2 * w).swapaxes(1, 2)
+    return y
 
 
 def conv3d(x, weight, bias=None, stride=1, padding=0):
@@ -311,4 +421,4 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
     return _conv(x, weight, bias, stride, padding, 2)
 
 
-__all__ = ["conv3d", "conv2d", "native_conv_is_fast", "COL_BUDGET_BYTES", "JIT_MIN_FLOPS"]
+__all__ = ["conv3d", "conv2d", "upsample_conv2d", "native_conv_is_fast", "COL_BUDGET_BYTES", "WINDOW_BUDGET_BYTES", "JIT_MIN_FLOPS"]

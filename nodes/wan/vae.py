@@ -22,10 +22,11 @@ from mindspore import Parameter, mint, nn, ops
 
 from .layers import param_init
 from .attention import attention
-from .conv import conv2d, conv3d
-from .runtime import to_ms_dtype
+from .conv import conv2d, conv3d, upsample_conv2d
+from .runtime import device, to_ms_dtype
 
 CACHE_T = 2
+_matmul = ops.MatMul()
 
 
 # ----------------------------------------------------------------------------- primitives
@@ -79,9 +80,28 @@ class RMSNorm(nn.Cell):
 
     def construct(self, x):
         xf = x.astype(ms.float32)
+        if device() == "CPU":
+            return _channel_normalize_cpu(xf, self.gamma.astype(ms.float32) * self.scale).astype(x.dtype)
         norm = mint.sqrt((xf * xf).sum(1, keepdim=True))
         y = (xf / mint.clamp(norm, min=1e-12)).astype(x.dtype)
         return y * self.scale * self.gamma
+
+
+def _channel_normalize_cpu(x, gain):
+    """x / max(‖x‖₂ over dim 1, 1e-12) · gain[c], with the reduction and both broadcasts as matmuls.
+
+    MindSpore's CPU kernels are slow at broadcasting (x·[1,1,T,H,W] or x·[C,1,1,1]
+    take ~6x a same-shape multiply) and at reducing dim 1; a ones-row matmul sums
+    the squares, and the outer product gain ⊗ 1/‖x‖ (a K=1 matmul, exact) turns
+    the scaling into one same-shape multiply: ~5x faster on decode-sized tensors.
+    """
+    b, c = x.shape[:2]
+    # One sample: 2-D MatMul, ~25% faster in eager than the batched mint.matmul.
+    flat, mm = (x.reshape(c, -1), _matmul) if b == 1 else (x.reshape(b, c, -1), mint.matmul)
+    sumsq = mm(mint.ones((1, c), dtype=x.dtype), flat * flat)
+    inv = mint.rsqrt(mint.clamp(sumsq, min=1e-24))  # = 1 / max(‖x‖, 1e-12)
+    scale = mm(gain.reshape(c, 1), inv)
+    return (flat * scale).reshape(x.shape)
 
 
 class _NoParams(nn.Cell):
@@ -202,11 +222,8 @@ class Resample(nn.Cell):
         if self.mode == "upsample3d":
             x = self._upsample3d_time(x, cache)
         if self.mode in ("upsample2d", "upsample3d"):
-            b, c, t, h, w = x.shape
-            # nearest(-exact) ×2 in fp32; the 4-D view treats (C,T) as channels.
-            up = mint.nn.functional.interpolate(x.astype(ms.float32).reshape(b, c * t, h, w),
-                                                scale_factor=2.0, mode="nearest")
-            x = self.resample[1](up.astype(x.dtype).reshape(b, c, t, h * 2, w * 2))
+            # Nearest ×2 then the 3×3 conv; on CPU folded into the conv's kernels (conv.upsample_conv2d).
+            x = upsample_conv2d(x, self.resample[1].weight, self.resample[1].bias)
         elif self.mode in ("downsample2d", "downsample3d"):
             # ZeroPad2d((0, 1, 0, 1)): one zero column right, one zero row below.
             x = self.resample[1](ops.pad(x, (0, 1, 0, 1)))

@@ -178,10 +178,11 @@ CONV_CASES = [
 ]
 
 
-@pytest.fixture(params=["native", "im2col"])
+@pytest.fixture(params=["native", "im2col", "tapsum"])
 def cpu_conv(request, monkeypatch):
-    """Both CPU strategies, whichever one the probe picks on this machine."""
-    monkeypatch.setattr(conv_mod, "_native_fast", request.param == "native")
+    """Every CPU strategy, whichever one the probe and the output width would pick."""
+    monkeypatch.setattr(conv_mod, "_native_fast", request.param != "im2col")
+    monkeypatch.setattr(conv_mod, "TAP_SUM_MAX_OUT", 1 << 20 if request.param == "tapsum" else 0)
     return request.param
 
 
@@ -189,8 +190,10 @@ def cpu_conv(request, monkeypatch):
 @pytest.mark.parametrize("shape,kernel,stride,padding", CONV_CASES)
 def test_conv3d_im2col(shape, kernel, stride, padding, budget, cpu_conv, monkeypatch):
     """The CPU paths (im2col slabbed down to tiny column budgets, frame-folded conv2d) equal torch and Conv3D."""
-    if cpu_conv == "native" and budget <= 1000:
-        pytest.skip("the column budget only applies to im2col")
+    # The tiny budget also splits the native path's stacked frame windows into single windows.
+    monkeypatch.setattr(conv_mod, "WINDOW_BUDGET_BYTES", budget)
+    if cpu_conv == "tapsum" and budget <= 1000:
+        pytest.skip("tap-sum convs have no budget")
     rng = np.random.default_rng(0)
     x = rng.standard_normal(shape, dtype=np.float32)
     w = rng.standard_normal((7, shape[1]) + kernel, dtype=np.float32)
@@ -229,5 +232,25 @@ def test_conv3d_compiled_slabs(budget, monkeypatch):
     monkeypatch.setattr(conv_mod, "COL_BUDGET_BYTES", budget)
     monkeypatch.setattr(conv_mod, "JIT_MIN_FLOPS", 0)
     monkeypatch.setattr(conv_mod, "_native_fast", False)
+    monkeypatch.setattr(conv_mod, "TAP_SUM_MAX_OUT", 0)
     out = conv_mod.conv3d(ms.Tensor(x), ms.Tensor(w), None, stride, padding).asnumpy()
     assert rel_err(out, expect) < 1e-5
+
+
+@pytest.mark.parametrize("five_d", [False, True])
+def test_upsample_conv2d(five_d, cpu_conv):
+    """Nearest ×2 + 3×3 conv through the four merged parity kernels equals torch's interpolate + conv2d."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 5, 3, 6, 7) if five_d else (2, 5, 6, 7), dtype=np.float32)
+    w = rng.standard_normal((4, 5, 3, 3), dtype=np.float32)
+    b = rng.standard_normal(4, dtype=np.float32)
+    xt = torch.from_numpy(x)
+    if five_d:
+        xt = xt.permute(0, 2, 1, 3, 4).reshape(-1, 5, 6, 7)
+    up = torch.nn.functional.interpolate(xt, scale_factor=2.0, mode="nearest")
+    expect = torch.nn.functional.conv2d(up, torch.from_numpy(w), torch.from_numpy(b), padding=1)
+    if five_d:
+        expect = expect.reshape(2, 3, 4, 12, 14).permute(0, 2, 1, 3, 4)
+    out = conv_mod.upsample_conv2d(ms.Tensor(x), ms.Tensor(w), ms.Tensor(b)).asnumpy()
+    assert out.shape == tuple(expect.shape)
+    assert rel_err(out, expect.numpy()) < 1e-5
