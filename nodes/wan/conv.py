@@ -39,6 +39,7 @@ spatial row bands, channels-last im2col with per-tap accumulated matmuls
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 
@@ -171,8 +172,11 @@ def _frame_conv3d(x, weight, bias, stride, padding):
     return y.swapaxes(1, 2)
 
 
-# Output channels up to which a stride-1 conv is computed tap-sum style (below).
+# Output channels up to which a stride-1 conv is computed tap-sum style (below), and the
+# input size from which it pays: on small inputs its ~30 extra ops cost more than they save
+# (a toy VAE decode took 1.6 s with it, most of it launching shifted adds).
 TAP_SUM_MAX_OUT = 16
+TAP_SUM_MIN_ELEMENTS = 1 << 20
 
 
 def _tap_sum_conv3d(x, weight, bias, padding):
@@ -350,7 +354,8 @@ def _conv(x, weight, bias, stride, padding, nd):
     if all(k == 1 for k in weight.shape[2:]) and not any(padding):
         return _pointwise(x, weight, bias, stride)
     if _use_im2col():
-        if nd == 3 and weight.shape[0] <= TAP_SUM_MAX_OUT and all(st == 1 for st in stride):
+        if nd == 3 and weight.shape[0] <= TAP_SUM_MAX_OUT and all(st == 1 for st in stride) \
+                and math.prod(x.shape[1:]) >= TAP_SUM_MIN_ELEMENTS:
             return _tap_sum_conv3d(x, weight, bias, padding)
         if native_conv_is_fast():
             if nd == 2:

@@ -183,6 +183,7 @@ def cpu_conv(request, monkeypatch):
     """Every CPU strategy, whichever one the probe and the output width would pick."""
     monkeypatch.setattr(conv_mod, "_native_fast", request.param != "im2col")
     monkeypatch.setattr(conv_mod, "TAP_SUM_MAX_OUT", 1 << 20 if request.param == "tapsum" else 0)
+    monkeypatch.setattr(conv_mod, "TAP_SUM_MIN_ELEMENTS", 0)
     return request.param
 
 
