@@ -150,13 +150,8 @@ class WanPipeline:
                       guidance: float = 5.0, guidance_2: float | None = None, shift: float | None = None,
                       scheduler: str = "unipc", seed: int = 0, latents=None, callback=None) -> np.ndarray:
         """Frames [B, F, H, W, 3] in 0..1. `latents` overrides the seed's noise."""
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        pos = self.text_encoder.encode(prompts)
-        neg = None
-        if guidance > 1.0:
-            negs = negative_prompt if isinstance(negative_prompt, list) else [negative_prompt or ""] * len(prompts)
-            neg = self.text_encoder.encode(negs)
-        shape = self.latent_shape(len(prompts), height, width, num_frames)
+        pos, neg, batch = self._encode_prompts(prompt, negative_prompt, guidance)
+        shape = self.latent_shape(batch, height, width, num_frames)
         noise = np.asarray(latents, np.float32) if latents is not None else make_noise(seed, shape)
         x, _ = denoise(self.denoiser, pos, neg, steps=steps, guidance=guidance, guidance_2=guidance_2,
                        scheduler=scheduler, shift=shift, noise=noise, callback=callback)

@@ -131,3 +131,15 @@ def test_cached_rerun_reexecutes_only_what_changed(tiny, tmp_path):
                 if isinstance(d[i], dict) and "class_type" in d[i] and report[i].status == "executed"}
     assert executed == {"WanTextEncode+", "WanDenoise", "WanVAEDecode", "SaveTensor", "SaveVideo"}
     assert report[next(i for i in d if d[i].get("class_type") == "WanPipelineLoader")].status == "cached"
+
+
+def test_python_api_text_to_video_matches_diffusers(tiny):
+    """`load_pipeline(folder).text_to_video(...)`, no graph, equals diffusers for the seed's noise."""
+    from diffusers import UniPCMultistepScheduler
+    from nodes.wan.pipeline import load_pipeline
+    folder, pipe = tiny
+    pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config)
+    ref = reference_frames(pipe, PROMPT, NEGATIVE, make_noise(7, LATENT_SHAPE), H, W, F, 3, 5.0)[0]
+    ours = load_pipeline(folder).text_to_video(PROMPT, NEGATIVE, height=H, width=W, num_frames=F, steps=3,
+                                               guidance=5.0, shift=3.0, seed=7)[0]
+    assert rel_err(ours, ref) < TOL
