@@ -69,7 +69,7 @@ def test_frames_match_diffusers(tiny, tmp_path, monkeypatch, scheduler, guidance
         monkeypatch.setattr(nodes.wan.sampling, "CFG_BATCH_MAX_TOKENS", 0)
     folder, pipe = tiny
     from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
-    pipe.scheduler = (UniPCMultistepScheduler.from_config(pipe.scheduler.config) if scheduler == "unipc"
+    pipe.scheduler = (UniPCMultistepScheduler.from_pretrained(folder, subfolder="scheduler") if scheduler == "unipc"
                       else FlowMatchEulerDiscreteScheduler(shift=3.0))
     noise = make_noise(7, LATENT_SHAPE)
     ref = reference_frames(pipe, PROMPT, NEGATIVE, noise, H, W, F, steps, guidance)[0]
@@ -138,7 +138,8 @@ def test_python_api_text_to_video_matches_diffusers(tiny):
     from diffusers import UniPCMultistepScheduler
     from nodes.wan.pipeline import load_pipeline
     folder, pipe = tiny
-    pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config)
+    # the saved config: other tests swap the shared pipeline's scheduler
+    pipe.scheduler = UniPCMultistepScheduler.from_pretrained(folder, subfolder="scheduler")
     ref = reference_frames(pipe, PROMPT, NEGATIVE, make_noise(7, LATENT_SHAPE), H, W, F, 3, 5.0)[0]
     ours = load_pipeline(folder).text_to_video(PROMPT, NEGATIVE, height=H, width=W, num_frames=F, steps=3,
                                                guidance=5.0, shift=3.0, seed=7)[0]
