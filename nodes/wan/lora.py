@@ -159,6 +159,7 @@ class LoraTransformer:
     def __init__(self, base, loras: tuple):
         self.base = base
         self.loras = loras                   # ((LoraWeights, strength), ...)
+        self._prepared = None                # (params, deltas), built on first call, reused every step
 
     def __getattr__(self, name):
         return getattr(self.base, name)
@@ -189,7 +190,9 @@ class LoraTransformer:
 
     @contextmanager
     def _applied(self):
-        params, deltas = self._deltas()
+        if self._prepared is None:           # device tensors of the scaled A/B, made once, not per step
+            self._prepared = self._deltas()
+        params, deltas = self._prepared
         in_blocks = {id(params[n]): fns for n, fns in deltas.items() if re.match(r"(vace_)?blocks\.\d+\.", n)}
         # Outside the blocks (embedders, head: small) the parameter data is swapped for the call.
         swapped = []

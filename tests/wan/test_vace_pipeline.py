@@ -43,11 +43,15 @@ def vace(tmp_path_factory):
     from PIL import Image
     Image.fromarray((ref * 255).astype(np.uint8)).save(tmp / "ref.png")
     paths["ref"] = tmp / "ref.png"
+    # Not a multiple of 8: the reference processor first floors it to 16×32 (lanczos).
+    Image.fromarray((ref[:21, 3:38] * 255).astype(np.uint8)).save(tmp / "ref_odd.png")
+    paths["ref_odd"] = tmp / "ref_odd.png"
     return tmp, pipe, paths
 
 
 @pytest.mark.parametrize("use_video, use_mask, use_ref, strength",
-                         [(True, True, False, 1.0), (True, True, True, 0.7), (False, False, True, 1.0)])
+                         [(True, True, False, 1.0), (True, True, "ref", 0.7), (False, False, "ref", 1.0),
+                          (True, False, "ref_odd", 1.0)])
 def test_vace_matches_diffusers(vace, use_video, use_mask, use_ref, strength):
     import torch
     from PIL import Image
@@ -66,7 +70,7 @@ def test_vace_matches_diffusers(vace, use_video, use_mask, use_ref, strength):
     if use_mask:
         kw["control_masks"] = g.node("LoadVideo", path=str(paths["mask"]))[0]
     if use_ref:
-        kw["reference_image"] = g.node("LoadImage", path=str(paths["ref"]))[0]
+        kw["reference_image"] = g.node("LoadImage", path=str(paths[use_ref]))[0]
     vc = g.node("WanVaceToVideo", positive=pos[0], negative=neg[0], vae=load[2], width=W, height=H, num_frames=F,
                 strength=strength, **kw)
     den = g.node("WanDenoise", model=load[0], positive=vc[0], negative=vc[1], latent=vc[2], steps=3, guidance=4.0,
@@ -85,7 +89,7 @@ def test_vace_matches_diffusers(vace, use_video, use_mask, use_ref, strength):
                    guidance_scale=4.0, conditioning_scale=strength, latents=torch.from_numpy(noise),
                    video=pil_frames(paths["video"]) if use_video else None,
                    mask=pil_frames(paths["mask"]) if use_mask else None,
-                   reference_images=[Image.open(paths["ref"]).convert("RGB")] if use_ref else None,
+                   reference_images=[Image.open(paths[use_ref]).convert("RGB")] if use_ref else None,
                    output_type="np").frames[0]
     assert ours.shape == ref.shape == (F, H, W, 3)
     assert rel_err(ours, ref) < 1e-4
