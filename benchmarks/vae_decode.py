@@ -7,12 +7,11 @@ latent (→ 9 frames of 256×256) each, timed after loading.
     .venv/bin/python benchmarks/vae_decode.py [--frames 3] [--size 32] [--skip-torch] [--launch-blocking]
 
 Measured on the 2-core AVX2 dev VM (MindSpore 2.10 CPU, torch 2.13, nothing else running):
-torch 59.3 s, ours 99.4 s (1.68x; 296 s / 4.2x before the native-conv2d CPU path),
-max |diff| 9.8e-6, peak RSS 4.17 GB (torch's 2.70 GB included; ours alone adds ~2.9 GB).
-About 80% of our time is convolution at ~60 GFLOP/s (oneDNN gemm conv); torch's
-direct conv runs ~100. `--launch-blocking` changed nothing measurable (98.3 s).
-Timings on this shared VM vary by ±30%; `benchmarks/vae_profile.py` splits a
-decode into conv shapes and the other layers.
+torch 57.6 s, ours 49.5 s (0.86x), max |diff| 1.0e-5, peak RSS 3.30 GB (torch's 2.68 GB
+included; ours alone adds ~0.6 GB). Before the oneDNN blocked-conv path (onednn.py) it
+was 1.65x (MindSpore's gemm conv at ~60 GFLOP/s), and 4.2x before the native-conv2d path.
+Timings on this shared VM vary by ±10–30%; `benchmarks/vae_profile.py` splits a decode
+into conv shapes and the other layers.
 """
 from __future__ import annotations
 

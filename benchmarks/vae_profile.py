@@ -8,9 +8,10 @@ layer types follow. Each sync adds a little; --no-conv-timing gives the plain to
 
     .venv/bin/python benchmarks/vae_profile.py [--frames 3] [--size 32] [--repeat 2] [--blocking]
 
-Last full-size run (quiet 2-core VM): total 98 s, conv3d 78.6 s (60 GFLOP/s; the
-12 calls at 96 ch × 4 frames × 256² take 32 s), RMS norms 6.9 s, silu 1.3 s,
-resample incl. upsample convs 5.3 s.
+Last full-size run (quiet 2-core VM, oneDNN blocked convs): total 48.8 s (with the
+syncs), conv3d 38.3 s (123 GFLOP/s; the causal 96-ch convs at 256² take 14 s), RMS
+norms 4.0 s, silu 1.1 s, resample incl. upsample convs 2.9 s. With MindSpore's gemm
+conv (GRAPHRT_CPU_CONV=native) it was 98 s, conv3d 78.6 s at 60 GFLOP/s.
 """
 from __future__ import annotations
 
@@ -53,13 +54,16 @@ def main():
     stats = collections.defaultdict(lambda: [0, 0.0, 0.0])
     conv = vae_mod.conv3d
 
-    def timed(x, w, b=None, stride=1, padding=0):
+    def timed(x, w, b=None, stride=1, padding=0, prefix=None):
         ms.runtime.synchronize()
         t0 = time.perf_counter()
-        y = conv(x, w, b, stride, padding)
+        y = conv(x, w, b, stride, padding, prefix=prefix)
         ms.runtime.synchronize()
         dt = time.perf_counter() - t0
-        key = (tuple(x.shape[1:]), tuple(w.shape[:1]) + tuple(w.shape[2:]))
+        shape = tuple(x.shape[1:])
+        if prefix is not None:
+            shape = (shape[0], shape[1] + prefix.shape[2]) + shape[2:]
+        key = (shape, tuple(w.shape[:1]) + tuple(w.shape[2:]))
         s = stats[key]
         s[0] += 1
         s[1] += dt

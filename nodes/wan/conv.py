@@ -4,38 +4,42 @@
     y = conv3d(x, weight, bias, stride=(1, 1, 1), padding=(1, 1, 1))   # x [B,C,T,H,W]
     y = conv2d(x, weight, bias, stride=(2, 2), padding=0)               # x [B,C,H,W]
 
-Semantics are torch's `F.conv3d` / `F.conv2d` with symmetric zero `padding`,
-`groups=1`, `dilation=1`; weights are in torch layout (O, C, *kernel).
+Semantics are torch's `F.conv3d` / `F.conv2d` with zero `padding`, `groups=1`,
+`dilation=1`; weights are in torch layout (O, C, *kernel). Beyond torch, a
+padding entry may be a (before, after) pair and conv3d takes a `prefix` of
+frames that precede x in time (a causal conv's cache).
 
 On Ascend/GPU the device kernels (`ops.conv3d` / `ops.conv2d`) are used. On CPU
-the speed of MindSpore's kernels depends on the machine: oneDNN runs its
-gemm-based convolution (`x64:gemm:jit`, 30–60 GFLOP/s on 2 AVX2 cores; see
-ONEDNN_VERBOSE=1) on some CPUs and its reference kernel (~0.4 GFLOP/s,
-mindspore_cpu.md §3) on others. A one-off probe (`native_conv_is_fast`, ~70 ms
-once; force with GRAPHRT_CPU_CONV=native|im2col) picks the CPU strategy:
+`cpu_strategy()` picks one of three ways, once per process (GRAPHRT_CPU_CONV
+forces one):
 
-* native conv2d is fast: a 3-D convolution is one `ops.conv2d` over its output
-  frames, each frame's kt-frame input window folded into the channels (C·kt
-  channels; a free reshape for a single window, otherwise windows stacked into
-  the batch dim, at most `WINDOW_BUDGET_BYTES` per call). Padding is passed to
-  the kernel. Per Wan2.1 decode call 1.25–2.9x faster than the im2col below
-  and up to 2.7x faster than `ops.conv3d` (equal at 384 ch, 32×32); torch's
-  direct blocked-layout conv (`jit:avx2`) is still 1.4–2x faster per call,
-  and that kernel gap is most of what remains.
-* reference kernels only: im2col followed by one matmul per slab. For spatial
-  stride 1 the padded input is flattened so each kernel tap is a contiguous
-  slice at a fixed offset; slabs of output positions keep the column matrix
-  under `COL_BUDGET_BYTES`.
-* either way, stride-1 convs with at most `TAP_SUM_MAX_OUT` output channels
-  (the decoder's conv_out) run as one well-shaped matmul plus shifted adds
-  (`_tap_sum_conv3d`): a 3-row gemm runs at ~1 GFLOP/s.
+* "onednn" (whenever MindSpore's bundled oneDNN loads, see onednn.py): the
+  library's direct blocked-layout kernels, the ones torch runs, 2-D and 3-D,
+  with padding and the prefix handled inside; 105–150 GFLOP/s on the Wan2.1
+  decoder's convs on 2 AVX2 cores. MindSpore's own CPU Conv2D reaches oneDNN
+  with plain NCHW descriptors and gets its gemm kernel (`x64:gemm:jit`,
+  55–80 GFLOP/s) or, on some CPUs, its reference kernel (~0.4 GFLOP/s,
+  mindspore_cpu.md §3).
+* "native": MindSpore's conv2d, chosen when a one-off probe (~70 ms) finds it
+  fast. A 3-D convolution is one conv2d over its output frames, each frame's
+  kt-frame input window folded into the channels (C·kt channels; a free reshape
+  for a single window, otherwise windows stacked into the batch dim, at most
+  `WINDOW_BUDGET_BYTES` per call). Stride-1 convs with at most
+  `TAP_SUM_MAX_OUT` output channels (the decoder's conv_out) run as one
+  well-shaped matmul plus shifted adds (`_tap_sum_conv3d`): a 3-row gemm runs
+  at ~1 GFLOP/s.
+* "im2col": reference kernels only. For spatial stride 1 the padded input is
+  flattened so each kernel tap is a contiguous slice at a fixed offset; slabs of
+  output positions keep the column matrix under `COL_BUDGET_BYTES`.
 
 `upsample_conv2d` fuses nearest ×2 upsampling into the following 3×3 conv.
 Zero padding is a `mint.cat` with zero blocks: `ops.pad` is ~10x slower on CPU.
 Tried on CPU and dropped (measured, not faster): compiling each native conv
 with ms.jit (~1 s per shape, +30 s per decode, warm decodes no faster),
 spatial row bands, channels-last im2col with per-tap accumulated matmuls
-(MindSpore copies run at ~1 GB/s and matmuls on strided views ~3x slower).
+(MindSpore copies run at ~1 GB/s and matmuls on strided views ~3x slower),
+Winograd F(2x2,3x3) on MindSpore ops (its strided input transform alone took
+longer than the whole native conv).
 """
 from __future__ import annotations
 
@@ -46,6 +50,7 @@ import time
 import mindspore as ms
 from mindspore import mint, ops
 
+from . import onednn
 from .runtime import device
 
 # Largest im2col matrix materialised at once on the CPU path.
@@ -93,25 +98,48 @@ def _use_im2col() -> bool:
 # Native CPU conv2d counts as usable above this rate on the probe's small problem:
 # the gemm kernel gives 12-18 GFLOP/s there (2 AVX2 cores), the reference one ~0.4.
 NATIVE_MIN_GFLOPS = 3.0
-_native_fast = None
+CPU_STRATEGIES = ("onednn", "native", "im2col")
+_strategy = None
 
 
-def native_conv_is_fast() -> bool:
-    """Whether MindSpore's CPU conv2d runs a real (gemm-based) kernel here: timed once per process."""
-    global _native_fast
-    if _native_fast is None:
+def _native_conv_is_fast() -> bool:
+    x = mint.ones((1, 32, 34, 34), dtype=ms.float32)
+    w = mint.ones((32, 32, 3, 3), dtype=ms.float32)
+    ops.conv2d(x, w).asnumpy()  # first call builds the oneDNN primitive
+    t0 = time.perf_counter()
+    ops.conv2d(x, w).asnumpy()
+    gflops = 2 * 32 * 32 * 9 * 32 * 32 / (time.perf_counter() - t0) / 1e9
+    return gflops >= NATIVE_MIN_GFLOPS
+
+
+def cpu_strategy() -> str:
+    """How float32 convolutions run on CPU here: "onednn", "native" or "im2col" (decided once per process).
+
+    GRAPHRT_CPU_CONV forces one. Otherwise the blocked oneDNN kernels when
+    MindSpore's oneDNN can be loaded, else MindSpore's conv2d if a one-off probe
+    (~70 ms) finds it fast, else im2col.
+    """
+    global _strategy
+    if _strategy is None:
         mode = os.environ.get("GRAPHRT_CPU_CONV", "").lower()
-        if mode in ("native", "im2col"):
-            _native_fast = mode == "native"
+        if mode and mode not in CPU_STRATEGIES:
+            raise ValueError(f"GRAPHRT_CPU_CONV={mode!r}: expected one of {', '.join(CPU_STRATEGIES)}")
+        if mode == "onednn" and not onednn.available():
+            raise RuntimeError(f"GRAPHRT_CPU_CONV=onednn but {onednn.unavailable_reason()}")
+        if mode:
+            _strategy = mode
+        elif onednn.available():
+            _strategy = "onednn"
         else:
-            x = mint.ones((1, 32, 34, 34), dtype=ms.float32)
-            w = mint.ones((32, 32, 3, 3), dtype=ms.float32)
-            ops.conv2d(x, w).asnumpy()  # first call builds the oneDNN primitive
-            t0 = time.perf_counter()
-            ops.conv2d(x, w).asnumpy()
-            gflops = 2 * 32 * 32 * 9 * 32 * 32 / (time.perf_counter() - t0) / 1e9
-            _native_fast = gflops >= NATIVE_MIN_GFLOPS
-    return _native_fast
+            _strategy = "native" if _native_conv_is_fast() else "im2col"
+    return _strategy
+
+
+def _cpu_path(x, weight, bias) -> str:
+    strategy = cpu_strategy()
+    if strategy == "onednn" and any(t is not None and t.dtype != ms.float32 for t in (x, weight, bias)):
+        return "native"  # the oneDNN path is float32-only
+    return strategy
 
 
 def _pad_dim(x, dim, before, after):
@@ -344,20 +372,44 @@ def _im2col_conv(x, weight, bias, stride):
     return y
 
 
-def _conv(x, weight, bias, stride, padding, nd):
+def _pairs(padding, nd):
+    """Per-dim (before, after) padding from an int, per-dim ints, or per-dim (before, after) pairs."""
+    if isinstance(padding, int):
+        return ((padding, padding),) * nd
+    padding = tuple(padding)
+    if len(padding) != nd:
+        raise ValueError(f"expected an int or {nd} paddings, got {padding}")
+    return tuple((int(p), int(p)) if isinstance(p, int) else (int(p[0]), int(p[1])) for p in padding)
+
+
+def _tap_sum_fits(x, weight, stride, nd):
+    return (nd == 3 and weight.shape[0] <= TAP_SUM_MAX_OUT and all(st == 1 for st in stride)
+            and math.prod(x.shape[1:]) >= TAP_SUM_MIN_ELEMENTS)
+
+
+def _conv(x, weight, bias, stride, padding, nd, prefix=None):
     stride = _tuple(stride, nd)
-    padding = _tuple(padding, nd)
+    pads = _pairs(padding, nd)
     if x.ndim != nd + 2 or weight.ndim != nd + 2:
         raise ValueError(f"conv{nd}d expects {nd + 2}-D input and weight, got {tuple(x.shape)} and {tuple(weight.shape)}")
     if x.shape[1] != weight.shape[1]:
         raise ValueError(f"conv{nd}d: input has {x.shape[1]} channels, weight expects {weight.shape[1]}")
-    if all(k == 1 for k in weight.shape[2:]) and not any(padding):
+    pointwise = all(k == 1 for k in weight.shape[2:]) and not any(a or b for a, b in pads) and prefix is None
+    if not pointwise and _use_im2col() and _cpu_path(x, weight, bias) == "onednn":
+        return onednn.conv(x, weight, bias, stride, pads, prefix=prefix)
+    if prefix is not None:
+        x = mint.cat([prefix.astype(x.dtype), x], dim=2)
+    # The paths below take symmetric padding: pad the rest explicitly.
+    for i, (a, b) in enumerate(pads):
+        if a != b:
+            x = _pad_dim(x, 2 + i, a - min(a, b), b - min(a, b))
+    padding = tuple(min(a, b) for a, b in pads)
+    if pointwise:
         return _pointwise(x, weight, bias, stride)
     if _use_im2col():
-        if nd == 3 and weight.shape[0] <= TAP_SUM_MAX_OUT and all(st == 1 for st in stride) \
-                and math.prod(x.shape[1:]) >= TAP_SUM_MIN_ELEMENTS:
+        if _tap_sum_fits(x, weight, stride, nd):
             return _tap_sum_conv3d(x, weight, bias, padding)
-        if native_conv_is_fast():
+        if _cpu_path(x, weight, bias) == "native":
             if nd == 2:
                 return _native_conv2d(x, weight, bias, stride, padding)
             return _frame_conv3d(x, weight, bias, stride, padding)
@@ -388,8 +440,11 @@ def upsample_conv2d(x, weight, bias=None):
     On CPU this never builds the upsampled image: each output parity (a, b) is a
     2×2 convolution of the zero-padded source (`_phase_kernels`), so the conv
     does 16 instead of 36 multiply-adds per source pixel and channel pair, then
-    the four phase images are interleaved. Elsewhere: interpolate, then conv.
+    the four phase images are interleaved (with oneDNN, each phase is written
+    straight to its strided place in the output). Elsewhere: interpolate, then conv.
     """
+    if _use_im2col() and _cpu_path(x, weight, bias) == "onednn":
+        return onednn.upsample_conv2d(x, _phase_kernels(weight), bias)
     five = x.ndim == 5
     if five:
         b, c, t, h, w = x.shape
@@ -416,14 +471,19 @@ def upsample_conv2d(x, weight, bias=None):
     return y
 
 
-def conv3d(x, weight, bias=None, stride=1, padding=0):
-    """torch `F.conv3d(x, weight, bias, stride, padding)` for x [B,C,T,H,W], weight [O,C,kt,kh,kw]."""
-    return _conv(x, weight, bias, stride, padding, 3)
+def conv3d(x, weight, bias=None, stride=1, padding=0, prefix=None):
+    """torch `F.conv3d(x, weight, bias, stride, padding)` for x [B,C,T,H,W], weight [O,C,kt,kh,kw].
+
+    Beyond torch: a padding entry may be a (before, after) pair, and `prefix`
+    (frames that precede x in time, e.g. a causal cache) is convolved as
+    cat([prefix, x], 2) without building the concatenation where the path allows.
+    """
+    return _conv(x, weight, bias, stride, padding, 3, prefix)
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0):
-    """torch `F.conv2d(x, weight, bias, stride, padding)` for x [B,C,H,W], weight [O,C,kh,kw]."""
+    """torch `F.conv2d(x, weight, bias, stride, padding)` for x [B,C,H,W], weight [O,C,kh,kw]; padding may be pairs."""
     return _conv(x, weight, bias, stride, padding, 2)
 
 
-__all__ = ["conv3d", "conv2d", "upsample_conv2d", "native_conv_is_fast", "COL_BUDGET_BYTES", "WINDOW_BUDGET_BYTES", "JIT_MIN_FLOPS"]
+__all__ = ["conv3d", "conv2d", "upsample_conv2d", "cpu_strategy", "CPU_STRATEGIES", "COL_BUDGET_BYTES", "WINDOW_BUDGET_BYTES", "JIT_MIN_FLOPS"]

@@ -44,13 +44,12 @@ class CausalConv3d(nn.Cell):
 
     def construct(self, x, cache=None):
         front = 2 * self.pad[0]
+        prefix = None
         if cache is not None and front > 0:
-            x = mint.cat([cache.astype(x.dtype), x], dim=2)
+            prefix = cache.astype(x.dtype)
             front -= cache.shape[2]
-        if front > 0:
-            b, c, _, h, w = x.shape
-            x = mint.cat([mint.zeros((b, c, front, h, w), dtype=x.dtype), x], dim=2)
-        return conv3d(x, self.weight, self.bias, self.stride, (0, self.pad[1], self.pad[2]))
+        return conv3d(x, self.weight, self.bias, self.stride, ((max(front, 0), 0), self.pad[1], self.pad[2]),
+                      prefix=prefix)
 
 
 class Conv2d(nn.Cell):
@@ -62,11 +61,13 @@ class Conv2d(nn.Cell):
         self.weight = Parameter(param_init("zeros", (out_ch, in_ch, kernel, kernel), dtype), name="weight")
         self.bias = Parameter(param_init("zeros", (out_ch,), dtype), name="bias")
 
-    def construct(self, x):
+    def construct(self, x, padding=None):
+        """`padding` overrides the layer's: an int or per-dim (before, after) pairs, e.g. ZeroPad2d((0, 1, 0, 1))."""
+        pad = self.padding if padding is None else padding
+        pad = (pad, pad) if isinstance(pad, int) else tuple(pad)
         if x.ndim == 4:
-            return conv2d(x, self.weight, self.bias, self.stride, self.padding)
-        return conv3d(x, self.weight[:, :, None], self.bias, (1, self.stride, self.stride),
-                      (0, self.padding, self.padding))
+            return conv2d(x, self.weight, self.bias, self.stride, pad)
+        return conv3d(x, self.weight[:, :, None], self.bias, (1, self.stride, self.stride), (0,) + pad)
 
 
 class RMSNorm(nn.Cell):
@@ -225,8 +226,8 @@ class Resample(nn.Cell):
             # Nearest ×2 then the 3×3 conv; on CPU folded into the conv's kernels (conv.upsample_conv2d).
             x = upsample_conv2d(x, self.resample[1].weight, self.resample[1].bias)
         elif self.mode in ("downsample2d", "downsample3d"):
-            # ZeroPad2d((0, 1, 0, 1)): one zero column right, one zero row below.
-            x = self.resample[1](ops.pad(x, (0, 1, 0, 1)))
+            # ZeroPad2d((0, 1, 0, 1)): one zero row below, one zero column right, padded by the conv.
+            x = self.resample[1](x, padding=((0, 1), (0, 1)))
         if self.mode == "downsample3d":
             i = cache.idx
             prev = cache.feats.get(i)

@@ -178,36 +178,45 @@ CONV_CASES = [
 ]
 
 
-@pytest.fixture(params=["native", "im2col", "tapsum"])
+@pytest.fixture(params=["onednn", "native", "im2col", "tapsum"])
 def cpu_conv(request, monkeypatch):
     """Every CPU strategy, whichever one the probe and the output width would pick."""
-    monkeypatch.setattr(conv_mod, "_native_fast", request.param != "im2col")
+    monkeypatch.setattr(conv_mod, "_strategy", "native" if request.param == "tapsum" else request.param)
     monkeypatch.setattr(conv_mod, "TAP_SUM_MAX_OUT", 1 << 20 if request.param == "tapsum" else 0)
     monkeypatch.setattr(conv_mod, "TAP_SUM_MIN_ELEMENTS", 0)
     return request.param
 
 
-@pytest.mark.parametrize("budget", [256 << 20, 1000])
-@pytest.mark.parametrize("shape,kernel,stride,padding", CONV_CASES)
-def test_conv3d_im2col(shape, kernel, stride, padding, budget, cpu_conv, monkeypatch):
-    """The CPU paths (im2col slabbed down to tiny column budgets, frame-folded conv2d) equal torch and Conv3D."""
-    # The tiny budget also splits the native path's stacked frame windows into single windows.
-    monkeypatch.setattr(conv_mod, "WINDOW_BUDGET_BYTES", budget)
-    if cpu_conv == "tapsum" and budget <= 1000:
-        pytest.skip("tap-sum convs have no budget")
+def _check_conv3d(shape, kernel, stride, padding, against_mindspore=True):
     rng = np.random.default_rng(0)
     x = rng.standard_normal(shape, dtype=np.float32)
     w = rng.standard_normal((7, shape[1]) + kernel, dtype=np.float32)
     b = rng.standard_normal(7, dtype=np.float32)
     expect = torch.nn.functional.conv3d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b),
                                         stride, padding).numpy()
-    monkeypatch.setattr(conv_mod, "COL_BUDGET_BYTES", budget)
     out = conv_mod.conv3d(ms.Tensor(x), ms.Tensor(w), ms.Tensor(b), stride, padding).asnumpy()
     assert rel_err(out, expect) < 1e-5
-    if budget > 1000:
+    if against_mindspore:
         native = ms.ops.conv3d(ms.Tensor(x), ms.Tensor(w), ms.Tensor(b), stride=stride, pad_mode="pad",
                                padding=padding).asnumpy()
         assert rel_err(out, native) < 1e-5
+
+
+@pytest.mark.parametrize("shape,kernel,stride,padding", CONV_CASES)
+def test_conv3d_cpu_paths(shape, kernel, stride, padding, cpu_conv):
+    """Every CPU path (oneDNN blocked, frame-folded conv2d, im2col, tap-sum) equals torch and MindSpore's Conv3D."""
+    _check_conv3d(shape, kernel, stride, padding)
+
+
+@pytest.mark.parametrize("strategy", ["native", "im2col"])
+@pytest.mark.parametrize("shape,kernel,stride,padding", CONV_CASES)
+def test_conv3d_tiny_budgets(shape, kernel, stride, padding, strategy, monkeypatch):
+    """im2col slabbed down to a 1000-byte column budget, and the native path's stacked frame windows split one by one."""
+    monkeypatch.setattr(conv_mod, "_strategy", strategy)
+    monkeypatch.setattr(conv_mod, "TAP_SUM_MAX_OUT", 0)
+    monkeypatch.setattr(conv_mod, "WINDOW_BUDGET_BYTES", 1000)
+    monkeypatch.setattr(conv_mod, "COL_BUDGET_BYTES", 1000)
+    _check_conv3d(shape, kernel, stride, padding, against_mindspore=False)
 
 
 @pytest.mark.parametrize("stride,padding", [(1, 1), (2, 0), (1, 0)])
@@ -232,7 +241,7 @@ def test_conv3d_compiled_slabs(budget, monkeypatch):
     expect = torch.nn.functional.conv3d(torch.from_numpy(x), torch.from_numpy(w), None, stride, padding).numpy()
     monkeypatch.setattr(conv_mod, "COL_BUDGET_BYTES", budget)
     monkeypatch.setattr(conv_mod, "JIT_MIN_FLOPS", 0)
-    monkeypatch.setattr(conv_mod, "_native_fast", False)
+    monkeypatch.setattr(conv_mod, "_strategy", "im2col")
     monkeypatch.setattr(conv_mod, "TAP_SUM_MAX_OUT", 0)
     out = conv_mod.conv3d(ms.Tensor(x), ms.Tensor(w), None, stride, padding).asnumpy()
     assert rel_err(out, expect) < 1e-5
@@ -255,3 +264,19 @@ def test_upsample_conv2d(five_d, cpu_conv):
     out = conv_mod.upsample_conv2d(ms.Tensor(x), ms.Tensor(w), ms.Tensor(b)).asnumpy()
     assert out.shape == tuple(expect.shape)
     assert rel_err(out, expect.numpy()) < 1e-5
+
+
+@pytest.mark.parametrize("cached", [0, 1, 2])
+def test_conv3d_prefix_and_padding_pairs(cached, cpu_conv):
+    """conv3d(x, prefix=cache, padding=((front, 0), 1, 1)): a causal conv's cache and front padding, on every CPU path."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((1, 6, 3, 7, 8), dtype=np.float32)
+    cache = rng.standard_normal((1, 6, cached, 7, 8), dtype=np.float32)
+    w = rng.standard_normal((7, 6, 3, 3, 3), dtype=np.float32)
+    b = rng.standard_normal(7, dtype=np.float32)
+    front = 2 - cached
+    full = torch.nn.functional.pad(torch.from_numpy(np.concatenate([cache, x], 2)), (0, 0, 0, 0, front, 0))
+    expect = torch.nn.functional.conv3d(full, torch.from_numpy(w), torch.from_numpy(b), 1, (0, 1, 1)).numpy()
+    out = conv_mod.conv3d(ms.Tensor(x), ms.Tensor(w), ms.Tensor(b), 1, ((front, 0), 1, 1),
+                          prefix=ms.Tensor(cache) if cached else None).asnumpy()
+    assert rel_err(out, expect) < 1e-5
