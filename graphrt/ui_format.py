@@ -14,12 +14,14 @@ editor's own export does, it:
   value into the widgets it feeds;
 - keeps each node's title as `_meta.title`.
 
-Subgraphs are refused with a clear error rather than half-converted.
+Subgraphs (`definitions.subgraphs`) are inlined first (`subgraphs.flatten`): their
+nodes get ids such as "12:3", instance id then inner id, as the editor's own export does.
 """
 from __future__ import annotations
 
 from .errors import ValidationError, WorkflowError
 from .registry import get_node_class
+from .subgraphs import flatten, has_subgraphs
 
 MUTED, BYPASS = 2, 4
 NOTES = ("Note", "MarkdownNote")
@@ -29,6 +31,11 @@ SEED_NAMES = ("seed", "noise_seed")
 
 def is_ui_format(data) -> bool:
     return isinstance(data, dict) and isinstance(data.get("nodes"), list) and "links" in data
+
+
+def _id_order(node_id):
+    """Numeric order of node ids, including subgraph paths such as "12:3"."""
+    return tuple(int(p) if p.lstrip("-").isdigit() else 0 for p in str(node_id).split(":"))
 
 
 def _links(data) -> dict:
@@ -44,10 +51,8 @@ def _links(data) -> dict:
 
 def ui_to_api(data: dict, source: str | None = None) -> dict:
     """The API-format dict of a UI-format workflow; raises WorkflowError naming each bad node."""
-    if data.get("definitions", {}).get("subgraphs"):
-        raise WorkflowError([ValidationError(None, None, None, "a flat workflow", "subgraphs",
-                                             "UI workflows with subgraphs are not supported yet; "
-                                             "unpack the subgraphs in the editor and save again")], source)
+    if has_subgraphs(data):
+        data = flatten(data, source)
     nodes = {n["id"]: n for n in data["nodes"]}
     links = _links(data)
     errors: list[ValidationError] = []
@@ -85,7 +90,7 @@ def ui_to_api(data: dict, source: str | None = None) -> dict:
                                 primitive_values[(target["id"], widget)] = node["widgets_values"][0]
 
     api = {}
-    for node in sorted(nodes.values(), key=lambda n: n["id"]):
+    for node in sorted(nodes.values(), key=lambda n: _id_order(n["id"])):
         kind = node.get("type")
         if kind in NOTES or kind in ("Reroute", "PrimitiveNode") or node.get("mode") in (MUTED, BYPASS):
             continue
@@ -113,6 +118,7 @@ def ui_to_api(data: dict, source: str | None = None) -> dict:
         for (target, name), value in primitive_values.items():
             if target == node["id"]:
                 inputs[name] = value
+        inputs.update(node.get("_values") or {})   # promoted subgraph widget values
         for inp in node.get("inputs") or []:
             if inp.get("link") is None:
                 continue

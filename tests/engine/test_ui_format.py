@@ -8,6 +8,7 @@ import pytest
 from graphrt import Executor, Workflow
 from graphrt.errors import WorkflowError
 from graphrt.registry import load_node_packs
+from graphrt.ui_format import ui_to_api
 
 
 def _node(id, type, widgets=(), inputs=(), outputs=(), mode=0, title=None):
@@ -94,7 +95,117 @@ def test_ui_workflow_errors_name_the_node():
     with pytest.raises(WorkflowError) as e:
         Workflow.from_dict(ui)
     assert "node 4 (EmptyHunyuanLatentVideo)" in str(e.value) and "unknown node type" in str(e.value)
-    ui = t2v_ui()
-    ui["definitions"] = {"subgraphs": [{"id": "x"}]}
-    with pytest.raises(WorkflowError, match="subgraphs"):
+
+
+
+def _link(id, origin, oslot, target, tslot, type):
+    return {"id": id, "origin_id": origin, "origin_slot": oslot, "target_id": target, "target_slot": tslot,
+            "type": type}
+
+
+PROMPTS = {   # nested: two text encodes behind one TEXT_ENCODER input
+    "id": "5e1f-prompts", "name": "Prompts", "inputNode": {"id": -10}, "outputNode": {"id": -20},
+    "inputs": [{"name": "text_encoder", "type": "TEXT_ENCODER", "linkIds": [1, 2]}],
+    "outputs": [{"name": "positive", "type": "CONDITIONING", "linkIds": [3]},
+                {"name": "negative", "type": "CONDITIONING", "linkIds": [4]}],
+    "nodes": [
+        _node(1, "WanTextEncode", ["a red fox"], [("text_encoder", "TEXT_ENCODER", 1, False)],
+              [("conditioning", "CONDITIONING", [3])], title="Prompt"),
+        _node(2, "WanTextEncode", [""], [("text_encoder", "TEXT_ENCODER", 2, False)],
+              [("conditioning", "CONDITIONING", [4])]),
+    ],
+    "links": [_link(1, -10, 0, 1, 0, "TEXT_ENCODER"), _link(2, -10, 0, 2, 0, "TEXT_ENCODER"),
+              _link(3, 1, 0, -20, 0, "CONDITIONING"), _link(4, 2, 0, -20, 1, "CONDITIONING")],
+}
+
+SAMPLER = {   # the prompts subgraph, a denoise whose seed is a promoted widget, and a pass-through output
+    "id": "9a7c-sampler", "name": "Sampler", "inputNode": {"id": -10}, "outputNode": {"id": -20},
+    "inputs": [{"name": "model", "type": "MODEL", "linkIds": [1]},
+               {"name": "text_encoder", "type": "TEXT_ENCODER", "linkIds": [2]},
+               {"name": "latent", "type": "LATENT", "linkIds": [3, 8]},
+               {"name": "seed", "type": "INT", "linkIds": [4]}],
+    "outputs": [{"name": "latent", "type": "LATENT", "linkIds": [7]},
+                {"name": "initial", "type": "LATENT", "linkIds": [8]}],
+    "nodes": [
+        _node(5, "5e1f-prompts", [], [("text_encoder", "TEXT_ENCODER", 2, False)],
+              [("positive", "CONDITIONING", [5]), ("negative", "CONDITIONING", [6])]),
+        _node(3, "WanDenoise", [999, "randomize", 2, 5.0, "unipc", 3.0, 1.0, 0, 10000, True, False],
+              [("model", "MODEL", 1, False), ("positive", "CONDITIONING", 5, False),
+               ("latent", "LATENT", 3, False), ("seed", "INT", 4, True), ("negative", "CONDITIONING", 6, False)],
+              [("latent", "LATENT", [7])]),
+    ],
+    "links": [_link(1, -10, 0, 3, 0, "MODEL"), _link(2, -10, 1, 5, 0, "TEXT_ENCODER"),
+              _link(3, -10, 2, 3, 2, "LATENT"), _link(4, -10, 3, 3, 3, "INT"),
+              _link(5, 5, 0, 3, 1, "CONDITIONING"), _link(6, 5, 1, 3, 4, "CONDITIONING"),
+              _link(7, 3, 0, -20, 0, "LATENT"), _link(8, -10, 2, -20, 1, "LATENT")],
+}
+
+
+def subgraph_ui(mode=0, seed=7):
+    """t2v_ui's prompts and denoise packed into nested subgraphs, as the ComfyUI frontend saves them."""
+    nodes = [
+        _node(1, "WanPipelineLoader", ["tiny", "float32", "float32", "float32", "auto"],
+              outputs=[("model", "MODEL", [1]), ("text_encoder", "TEXT_ENCODER", [3]), ("vae", "VAE", [8])]),
+        _node(4, "WanEmptyLatentVideo", [32, 32, 5, 1], outputs=[("latent", "LATENT", [6, 12])]),
+        _node(20, "9a7c-sampler", [seed],
+              [("model", "MODEL", 1, False), ("text_encoder", "TEXT_ENCODER", 3, False),
+               ("latent", "LATENT", 6, False), ("seed", "INT", None, True)],
+              [("latent", "LATENT", [10]), ("initial", "LATENT", [11])], mode=mode),
+        _node(6, "WanVAEDecode", [False], [("vae", "VAE", 8, False), ("latent", "LATENT", 10, False)],
+              [("images", "IMAGE", [13])]),
+        _node(7, "SaveTensor", ["ui", "npy"], [("tensor", "LATENT,IMAGE", 13, False)]),
+        _node(8, "SaveTensor", ["initial", "npy"], [("tensor", "LATENT,IMAGE", 11, False)]),
+    ]
+    links = [[1, 1, 0, 20, 0, "MODEL"], [3, 1, 1, 20, 1, "TEXT_ENCODER"], [6, 4, 0, 20, 2, "LATENT"],
+             [8, 1, 2, 6, 0, "VAE"], [10, 20, 0, 6, 1, "LATENT"], [11, 20, 1, 8, 0, "LATENT"],
+             [13, 6, 0, 7, 0, "IMAGE"]]
+    return {"nodes": nodes, "links": links, "definitions": {"subgraphs": [SAMPLER, PROMPTS]}, "version": 0.4}
+
+
+def test_subgraphs_are_inlined_like_the_editor_does():
+    load_node_packs()
+    api = Workflow.from_dict(subgraph_ui()).to_dict()
+    assert set(api) == {"1", "4", "20:3", "20:5:1", "20:5:2", "6", "7", "8"}
+    den = api["20:3"]["inputs"]
+    assert den["model"] == ["1", 0] and den["latent"] == ["4", 0]          # through the instance's inputs
+    assert den["positive"] == ["20:5:1", 0] and den["negative"] == ["20:5:2", 0]   # out of the nested one
+    assert den["seed"] == 7 and den["steps"] == 2                          # the instance's promoted widget
+    assert api["20:5:1"]["inputs"]["text_encoder"] == ["1", 1] and api["20:5:1"]["_meta"]["title"] == "Prompt"
+    assert api["6"]["inputs"]["latent"] == ["20:3", 0]                     # instance output 0
+    assert api["8"]["inputs"]["tensor"] == ["4", 0]                        # output 1 passes input 2 through
+
+
+def test_subgraph_workflow_runs_like_the_flat_one(tmp_path):
+    load_node_packs()
+    flat = Executor(output_dir=tmp_path / "flat").run(Workflow.from_dict(t2v_ui()))
+    nested = Executor(output_dir=tmp_path / "nested").run(Workflow.from_dict(subgraph_ui()))
+    import numpy as np
+    a = np.load([v["path"] for v in flat.outputs.values()][0])
+    b = np.load([v["path"] for k, v in nested.outputs.items() if k == "7"][0])
+    assert np.array_equal(a, b)
+
+
+def test_muted_and_bypassed_instances():
+    load_node_packs()
+    api = ui_to_api(subgraph_ui(mode=4))
+    assert not any(":" in k for k in api) and "20" not in api
+    assert api["6"]["inputs"]["latent"] == ["4", 0]          # bypass: the LATENT input passes through
+    api = ui_to_api(subgraph_ui(mode=2))
+    assert not any(":" in k for k in api) and "latent" not in api["6"]["inputs"]
+
+
+def test_subgraph_errors_name_the_inner_node():
+    load_node_packs()
+    ui = subgraph_ui()
+    sampler = json.loads(json.dumps(SAMPLER))
+    sampler["nodes"][1]["type"] = "KSampler"
+    ui["definitions"]["subgraphs"][0] = sampler
+    with pytest.raises(WorkflowError) as e:
+        Workflow.from_dict(ui)
+    assert "node 20:3 (KSampler)" in str(e.value) and "unknown node type" in str(e.value)
+    prompts = json.loads(json.dumps(PROMPTS))
+    prompts["nodes"].append(_node(9, "9a7c-sampler", []))
+    ui = subgraph_ui()
+    ui["definitions"]["subgraphs"][1] = prompts
+    with pytest.raises(WorkflowError, match="contains itself"):
         Workflow.from_dict(ui)
