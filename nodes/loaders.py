@@ -97,9 +97,9 @@ class WanTextEncoderLoader(_SourceNode):
 @register_node
 class WanVAELoader(_SourceNode):
     CATEGORY = "loaders/wan"
-    DESCRIPTION = ("Loads the VAE (Wan2.1 or Wan2.2, from its config) of a Wan pipeline, or a Wan2.1 VAE file "
-                   "with the original / ComfyUI key names (wan_2.1_vae.safetensors).")
-    INPUTS = [Input("source", "STRING", default="tiny", tooltip=SOURCE_TIP + " Or a Wan2.1 VAE .safetensors file."),
+    DESCRIPTION = ("Loads the VAE (Wan2.1 or Wan2.2, from its config) of a Wan pipeline, or a Wan VAE file "
+                   "with the original / ComfyUI key names (wan_2.1_vae / wan2.2_vae .safetensors).")
+    INPUTS = [Input("source", "STRING", default="tiny", tooltip=SOURCE_TIP + " Or a Wan2.1 / Wan2.2 VAE .safetensors file."),
               Input("dtype", DTYPES, default="float32")]
     OUTPUTS = [Output("vae", "VAE")]
 

@@ -62,7 +62,8 @@ def load_transformer(path_or_repo: str | os.PathLike, subfolder: str | None = "t
 def load_vae(path_or_repo: str | os.PathLike, subfolder: str | None = "vae", dtype="float32",
              config: dict | None = None):
     """An `AutoencoderKLWan` (Wan2.1 or Wan2.2 VAE, chosen by its config) from its diffusers folder,
-    or a Wan2.1 VAE from one `.safetensors` file with the original Wan / ComfyUI key names."""
+    or from one `.safetensors` file with the original Wan / ComfyUI key names (Wan2.1_VAE,
+    Wan2.2_VAE / wan2.2_vae), its config inferred from the tensor shapes."""
     from .single_file import OriginalCheckpoint, infer_vae_config, vae_key_map, vae_prefix
     from .vae import AutoencoderKLWan
     path = resolve(path_or_repo, subfolder)
@@ -73,10 +74,10 @@ def load_vae(path_or_repo: str | os.PathLike, subfolder: str | None = "vae", dty
             ckpt = OriginalCheckpoint(raw, prefix)
             config = config or infer_vae_config(ckpt)
             return _load(AutoencoderKLWan, path_or_repo, subfolder, dtype, config, ckpt=ckpt,
-                         key_map=vae_key_map(int(config["num_res_blocks"])))
+                         key_map=vae_key_map(int(config["num_res_blocks"]), bool(config.get("is_residual"))))
         if config is None and not (path.parent / "config.json").exists():
             raise CheckpointError(
-                f"{path} is not a Wan2.1 VAE in the original / ComfyUI layout (no '{'decoder.middle.0.residual.0.gamma'}' "
+                f"{path} is not a Wan VAE in the original / ComfyUI layout (no '{'decoder.middle.0.residual.0.gamma'}' "
                 f"key) and has no config.json beside it; first keys: {sorted(raw.keys())[:5]}")
     return _load(AutoencoderKLWan, path_or_repo, subfolder, dtype, config)
 

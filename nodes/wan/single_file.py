@@ -160,7 +160,7 @@ def infer_transformer_config(ckpt: OriginalCheckpoint) -> dict:
     return cfg
 
 
-# ---- Wan2.1 VAE (`Wan2.1_VAE` / ComfyUI `wan_2.1_vae.safetensors`) -------------------------------
+# ---- Wan VAEs (`Wan2.1_VAE` / `Wan2.2_VAE`, ComfyUI `wan_2.1_vae` / `wan2.2_vae.safetensors`) ---------
 
 VAE_MARKER = "decoder.middle.0.residual.0.gamma"
 _RESNET = {"norm1.": "residual.0.", "conv1.": "residual.2.", "norm2.": "residual.3.", "conv2.": "residual.6.",
@@ -178,11 +178,15 @@ def _resnet_part(rest: str) -> str:
     return rest
 
 
-def vae_key_map(num_res_blocks: int):
-    """Our (diffusers-named) Wan2.1 VAE parameter name -> the original key.
+def vae_key_map(num_res_blocks: int, residual: bool = False):
+    """Our (diffusers-named) VAE parameter name -> the original key.
 
-    The original decoder keeps its up blocks as one flat list: per level
-    `num_res_blocks + 1` residual blocks, then the level's upsampler.
+    Wan2.1 (`residual=False`): the original encoder and decoder keep their
+    stages as flat lists; a decoder level is `num_res_blocks + 1` residual blocks
+    then its upsampler. Wan2.2 (`residual=True`, vae2_2.py): one module per
+    stage, `encoder.downsamples.{i}.downsamples.{j}` (the resample after the
+    `num_res_blocks` residual blocks) and `decoder.upsamples.{i}.upsamples.{j}`
+    (the resample after `num_res_blocks + 1`); the stage shortcuts have no weights.
     """
     per_level = num_res_blocks + 2
 
@@ -195,6 +199,16 @@ def vae_key_map(num_res_blocks: int):
             if rest.startswith(ours):
                 tail = rest[len(ours):]
                 return f"{side}.{theirs}{_resnet_part(tail) if 'resnets' in ours else tail}"
+        if residual:
+            m = re.match(r"(down|up)_blocks\.(\d+)\.(?:resnets\.(\d+)|(downsampler|upsampler))\.(.*)$", rest)
+            if m:
+                kind, level, j, sampler, tail = m.groups()
+                stage = "downsamples" if kind == "down" else "upsamples"
+                if sampler:
+                    j = num_res_blocks if kind == "down" else num_res_blocks + 1
+                    return f"{side}.{stage}.{level}.{stage}.{j}.{tail}"
+                return f"{side}.{stage}.{level}.{stage}.{j}.{_resnet_part(tail)}"
+            return name
         m = re.match(r"down_blocks\.(\d+)\.(.*)$", rest)
         if m:
             return f"{side}.downsamples.{m.group(1)}.{_resnet_part(m.group(2))}"
@@ -215,10 +229,16 @@ def vae_prefix(keys) -> str | None:
     return None
 
 
+RESIDUAL_VAE_MARKER = "encoder.downsamples.0.downsamples.0.residual.0.gamma"
+
+
 def infer_vae_config(ckpt: OriginalCheckpoint) -> dict:
-    """The Wan2.1 VAE config of an original-format file, sizes read from its tensors."""
-    from .presets import WAN21_LATENTS_MEAN, WAN21_LATENTS_STD
+    """The VAE config of an original-format file (Wan2.1, or Wan2.2 when its stages are nested), sizes
+    read from its tensors."""
+    from .presets import WAN21_LATENTS_MEAN, WAN21_LATENTS_STD, WAN22_LATENTS_MEAN, WAN22_LATENTS_STD
     keys = set(ckpt.keys())
+    if RESIDUAL_VAE_MARKER in keys:
+        return _infer_residual_vae_config(ckpt, keys, WAN22_LATENTS_MEAN, WAN22_LATENTS_STD)
     base = ckpt.shape("encoder.conv1.weight")[0]
     z_dim = ckpt.shape("conv2.weight")[0]
     # Encoder levels: residual blocks then (except the last level) one resample.
@@ -237,6 +257,28 @@ def infer_vae_config(ckpt: OriginalCheckpoint) -> dict:
             "dropout": 0.0, "latents_mean": list(WAN21_LATENTS_MEAN) if z_dim == 16 else [0.0] * z_dim,
             "latents_std": list(WAN21_LATENTS_STD) if z_dim == 16 else [1.0] * z_dim, "is_residual": False, "in_channels": 3,
             "out_channels": 3, "patch_size": None, "scale_factor_temporal": 4, "scale_factor_spatial": 8}
+
+
+def _infer_residual_vae_config(ckpt, keys, mean48, std48) -> dict:
+    base = ckpt.shape("encoder.conv1.weight")[0]
+    in_channels = ckpt.shape("encoder.conv1.weight")[1]
+    z_dim = ckpt.shape("conv2.weight")[0]
+    levels = _count(keys, r"^encoder\.downsamples\.(\d+)\.")
+    num_res_blocks = _count(keys, r"^encoder\.downsamples\.0\.downsamples\.(\d+)\.residual\.")
+    dims = [ckpt.shape(f"encoder.downsamples.{lvl}.downsamples.0.residual.2.weight")[0] // base
+            for lvl in range(levels)]
+    temporal = [f"encoder.downsamples.{lvl}.downsamples.{num_res_blocks}.time_conv.weight" in keys
+                for lvl in range(levels - 1)]
+    decoder_base = ckpt.shape("decoder.conv1.weight")[0] // dims[-1]
+    out_channels = ckpt.shape("decoder.head.2.weight")[0]
+    # RGB patchified 2x2 (12 channels) is the released model; other sizes keep in_channels as is.
+    patch = 2 if in_channels == 12 and out_channels == 12 else None
+    return {"_class_name": "AutoencoderKLWan", "base_dim": base, "decoder_base_dim": decoder_base, "z_dim": z_dim,
+            "dim_mult": dims, "num_res_blocks": num_res_blocks, "attn_scales": [], "temperal_downsample": temporal,
+            "dropout": 0.0, "latents_mean": list(mean48) if z_dim == 48 else [0.0] * z_dim,
+            "latents_std": list(std48) if z_dim == 48 else [1.0] * z_dim, "is_residual": True,
+            "in_channels": in_channels, "out_channels": out_channels, "patch_size": patch,
+            "scale_factor_temporal": 4, "scale_factor_spatial": 16 if patch else 8}
 
 
 # ---- UMT5 encoder files (ComfyUI `text_encoders/umt5_xxl_*.safetensors`: transformers' names) -------

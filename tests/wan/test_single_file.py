@@ -315,3 +315,84 @@ def test_original_key_names_are_the_released_ones():
                    "text_embedding.2.bias", "img_emb.proj.0.weight", "img_emb.proj.0.bias", "img_emb.proj.1.weight",
                    "img_emb.proj.1.bias", "img_emb.proj.3.weight", "img_emb.proj.3.bias", "img_emb.proj.4.weight",
                    "img_emb.proj.4.bias", "img_emb.emb_pos"}
+
+
+VAE22_CONFIG = dict(base_dim=8, decoder_base_dim=12, z_dim=4, dim_mult=[1, 2, 2], num_res_blocks=2, attn_scales=[],
+                    temperal_downsample=[True, False], latents_mean=[0.0] * 4, latents_std=[1.0] * 4,
+                    is_residual=True, in_channels=12, out_channels=12, patch_size=2, scale_factor_spatial=8)
+
+# Names from Wan2.2's vae2_2.py module tree (Down_ResidualBlock / Up_ResidualBlock hold their residual
+# blocks and resample in one Sequential), pinned so that a key map that merely inverts itself cannot pass.
+VAE22_ORIGINAL_KEYS = [
+    "encoder.conv1.weight", "conv1.weight", "conv2.bias",
+    "encoder.downsamples.0.downsamples.0.residual.0.gamma", "encoder.downsamples.1.downsamples.0.shortcut.weight",
+    "encoder.downsamples.0.downsamples.1.residual.6.weight", "encoder.downsamples.0.downsamples.2.resample.1.weight",
+    "encoder.downsamples.0.downsamples.2.time_conv.weight", "encoder.downsamples.1.downsamples.2.resample.1.bias",
+    "encoder.middle.1.to_qkv.weight", "encoder.head.0.gamma", "encoder.head.2.weight",
+    "decoder.conv1.weight", "decoder.middle.2.residual.3.gamma", "decoder.upsamples.0.upsamples.2.residual.2.weight",
+    "decoder.upsamples.0.upsamples.3.resample.1.weight", "decoder.upsamples.1.upsamples.3.time_conv.weight",
+    "decoder.upsamples.2.upsamples.0.shortcut.weight", "decoder.upsamples.2.upsamples.2.residual.6.bias",
+    "decoder.head.0.gamma", "decoder.head.2.weight",
+]
+
+
+def test_wan22_vae_single_file_matches_diffusers(tmp_path):
+    from diffusers import AutoencoderKLWan
+    from nodes.wan import load_vae
+    from nodes.wan.single_file import vae_key_map
+    torch.manual_seed(0)
+    ref = AutoencoderKLWan(**VAE22_CONFIG).eval()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    key = vae_key_map(VAE22_CONFIG["num_res_blocks"], residual=True)
+    sd = {key(k): v.contiguous() for k, v in ref.state_dict().items()}
+    assert len(set(sd)) == len(sd) == len(ref.state_dict())
+    missing = [k for k in VAE22_ORIGINAL_KEYS if k not in sd]
+    assert not missing, f"not the original Wan2.2 VAE names: {missing}"
+    assert not [k for k in sd if "down_blocks" in k or "up_blocks" in k or "resnets" in k]
+    path = tmp_path / "wan2.2_vae.safetensors"
+    torch_save_file(sd, str(path))
+
+    ours = load_vae(path)   # config inferred from the tensors
+    for k in ("base_dim", "decoder_base_dim", "z_dim", "dim_mult", "num_res_blocks", "temperal_downsample",
+              "is_residual", "in_channels", "out_channels", "patch_size"):
+        assert list(np.atleast_1d(ours.config[k])) == list(np.atleast_1d(VAE22_CONFIG[k])), k
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((1, 4, 2, 4, 6)).astype(np.float32)
+    video = rng.uniform(-1, 1, (1, 3, 5, 32, 48)).astype(np.float32)
+    with torch.no_grad():
+        r = ref.decode(torch.from_numpy(z)).sample.numpy()
+        m = ref.encode(torch.from_numpy(video)).latent_dist.mean.numpy()
+    assert rel_err(ours.decode(ms.Tensor(z)).asnumpy(), r) < 1e-4
+    assert rel_err(ours.encode(ms.Tensor(video)).mean.asnumpy(), m) < 1e-4
+
+
+def test_wan22_vae_config_is_inferred_for_the_released_shapes():
+    """The released file's sizes (base 160, decoder 256, z 48, 12 patchified channels) give the TI2V-5B config."""
+    from nodes.wan.presets import WAN22_LATENTS_MEAN
+    from nodes.wan.single_file import infer_vae_config
+
+    class Shapes:
+        def __init__(self):
+            self.s = {"encoder.conv1.weight": (160, 12, 3, 3, 3), "conv2.weight": (48, 48, 1, 1, 1),
+                      "decoder.conv1.weight": (1024, 48, 3, 3, 3), "decoder.head.2.weight": (12, 256, 3, 3, 3)}
+            for lvl, mult in enumerate([1, 2, 4, 4]):
+                for j in range(2):
+                    self.s[f"encoder.downsamples.{lvl}.downsamples.{j}.residual.0.gamma"] = (160 * mult, 1, 1, 1)
+                    self.s[f"encoder.downsamples.{lvl}.downsamples.{j}.residual.2.weight"] = (160 * mult,)
+                if lvl < 3:
+                    self.s[f"encoder.downsamples.{lvl}.downsamples.2.resample.1.weight"] = (1,)
+                    if lvl > 0:
+                        self.s[f"encoder.downsamples.{lvl}.downsamples.2.time_conv.weight"] = (1,)
+
+        def keys(self):
+            return self.s.keys()
+
+        def shape(self, k):
+            return self.s[k]
+
+    cfg = infer_vae_config(Shapes())
+    assert (cfg["base_dim"], cfg["decoder_base_dim"], cfg["z_dim"], cfg["patch_size"]) == (160, 256, 48, 2)
+    assert cfg["dim_mult"] == [1, 2, 4, 4] and cfg["temperal_downsample"] == [False, True, True]
+    assert cfg["scale_factor_spatial"] == 16 and cfg["latents_mean"] == WAN22_LATENTS_MEAN
