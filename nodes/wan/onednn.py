@@ -85,7 +85,7 @@ _engine = None
 _load_error = None
 _local = threading.local()
 _pool = None
-_lock = threading.Lock()
+_lock = threading.RLock()
 
 
 def _find_library():
@@ -154,11 +154,17 @@ def _stream():
     return s
 
 
+_pool_pid = None
+
+
 def _executor(n):
-    global _pool
-    if _pool is None or _pool._max_workers < n:
-        _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="graphrt-onednn")
-    return _pool
+    global _pool, _pool_pid
+    with _lock:
+        # A forked child inherits the pool object but not its threads: it gets a new pool.
+        if _pool is None or _pool._max_workers < n or _pool_pid != os.getpid():
+            _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="graphrt-onednn")
+            _pool_pid = os.getpid()
+        return _pool
 
 
 class _Desc:
@@ -442,14 +448,15 @@ _plans = collections.OrderedDict()
 
 
 def _plan(key):
-    plan = _plans.get(key)
-    if plan is None:
-        plan = _plans[key] = _ConvPlan(*key)
-        while len(_plans) > PLAN_CACHE_SIZE:
-            _plans.popitem(last=False)
-    else:
-        _plans.move_to_end(key)
-    return plan
+    with _lock:
+        plan = _plans.get(key)
+        if plan is None:
+            plan = _plans[key] = _ConvPlan(*key)
+            while len(_plans) > PLAN_CACHE_SIZE:
+                _plans.popitem(last=False)
+        else:
+            _plans.move_to_end(key)
+        return plan
 
 
 def _numpy(t):

@@ -187,3 +187,24 @@ def test_prefix_is_concatenated_by_the_reorders(shape, out, cached, parts, monke
     assert rel_err(y.asnumpy(), expect) < 1e-5
     with pytest.raises(ValueError, match="does not fit"):
         onednn.conv(ms.Tensor(x), ms.Tensor(w), None, (1, 1, 1), (0, 1, 1), prefix=ms.Tensor(cache[:, :, :, 1:]))
+
+
+def test_concurrent_callers(monkeypatch):
+    """Convolutions called from several threads at once (e.g. an engine worker and the main thread) stay correct."""
+    from concurrent.futures import ThreadPoolExecutor
+    monkeypatch.setenv("GRAPHRT_CPU_CONV_THREADS", "2")
+    onednn._plans.clear()
+    rng = np.random.default_rng(7)
+    cases = []
+    for size in (6, 7, 8, 9):
+        x = rng.standard_normal((1, 16, 4, size, size), dtype=np.float32)
+        w = rng.standard_normal((24, 16, 3, 3, 3), dtype=np.float32)
+        cases.append((x, w, torch_conv(x, w, None, (1, 1, 1), (0, 1, 1))))
+
+    def run(case):
+        x, w, expect = case
+        return rel_err(onednn.conv(ms.Tensor(x), ms.Tensor(w), None, (1, 1, 1), (0, 1, 1)).asnumpy(), expect)
+
+    with ThreadPoolExecutor(4) as pool:
+        errs = list(pool.map(run, cases * 3))
+    assert max(errs) < 1e-5
