@@ -107,8 +107,17 @@ def test_ti2v_per_token_timesteps(models):
     assert rel_err(o, r) < TOL
 
 
+@pytest.mark.parametrize("matmul", ["onednn", "native"])
 @pytest.mark.parametrize("name", ["t2v", "i2v", "ti2v"])
-def test_jit_equals_eager(models, name):
+def test_jit_equals_eager(models, name, matmul, monkeypatch):
+    """Compiled blocks (on CPU their FFN matmuls through oneDNN unless GRAPHRT_CPU_MATMUL=native) equal eager."""
+    from nodes.wan import onednn
+    if matmul == "onednn" and not onednn.available():
+        pytest.skip(f"MindSpore's oneDNN: {onednn.unavailable_reason()}")
+    monkeypatch.setenv("GRAPHRT_CPU_MATMUL", matmul)
+    calls = []
+    real = onednn.linear
+    monkeypatch.setattr(onednn, "linear", lambda *a: calls.append(1) or real(*a))
     ref, _, folder = models[name]
     model = load_transformer(folder, subfolder=None)   # a fresh copy: compile() changes the model
     cfg = CONFIGS[name]
@@ -125,6 +134,7 @@ def test_jit_equals_eager(models, name):
         jitted = model.compile()(*args).asnumpy()
         again = model(*args).asnumpy()  # the cached graph
     assert model._jit_blocks is not None
+    assert (len(calls) == 2 * 2 * len(model.blocks)) == (matmul == "onednn")   # two matmuls a block, two runs
     assert np.abs(jitted - eager).max() <= 1e-5 * np.abs(eager).max()
     assert np.array_equal(jitted, again)
     _, r = run_both(ref, model, x, t, ctx, img)
