@@ -483,6 +483,8 @@ def conv(x, weight, bias, stride, padding, prefix=None):
     stride = tuple(int(s) for s in stride)
     if len(stride) != nd or len(pad_l) != nd:
         raise ValueError(f"stride {stride} / padding {padding} do not match a {nd}-D kernel")
+    if prefix is not None and prefix.ndim == x.ndim and prefix.shape[2] == 0:
+        prefix = None
     inputs = [x] if prefix is None else [prefix, x]
     shape = tuple(x.shape)
     pieces = None

@@ -208,3 +208,12 @@ def test_concurrent_callers(monkeypatch):
     with ThreadPoolExecutor(4) as pool:
         errs = list(pool.map(run, cases * 3))
     assert max(errs) < 1e-5
+
+
+def test_empty_prefix_is_ignored():
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((1, 8, 3, 5, 5), dtype=np.float32)
+    w = rng.standard_normal((8, 8, 3, 3, 3), dtype=np.float32)
+    y = onednn.conv(ms.Tensor(x), ms.Tensor(w), None, (1, 1, 1), (0, 1, 1),
+                    prefix=ms.Tensor(np.zeros((1, 8, 0, 5, 5), np.float32)))
+    assert rel_err(y.asnumpy(), torch_conv(x, w, None, (1, 1, 1), (0, 1, 1))) < 1e-5
