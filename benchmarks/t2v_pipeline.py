@@ -10,8 +10,10 @@ plus the largest difference between the two videos.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -41,7 +43,9 @@ def side_ours(folder, w, h, f, steps, out):
                  steps=steps, guidance=5.0, scheduler="unipc", shift=3.0, noise=noise[0])
     dec = g.node("WanVAEDecode", vae=loader[2], latent=den[0])
     g.node("SaveTensor", tensor=dec[0], filename_prefix="bench", format="npy")
-    ex = Executor(output_dir=tempfile.mkdtemp())
+    out_dir = tempfile.mkdtemp()
+    atexit.register(shutil.rmtree, out_dir, True)
+    ex = Executor(output_dir=out_dir)
     t1 = time.perf_counter()
     res = ex.run(g.to_workflow())
     t2 = time.perf_counter()
@@ -96,6 +100,7 @@ def main():
     from tests.wan.reference import build_tiny_wan_pipeline
     from nodes.wan.noise import make_noise
     tmp = Path(tempfile.mkdtemp())
+    atexit.register(shutil.rmtree, tmp, True)
     build_tiny_wan_pipeline(tmp / "pipe")
     np.save(tmp / "noise.npy", make_noise(0, (1, 16, (f - 1) // 4 + 1, h // 8, w // 8)))
     results = {}

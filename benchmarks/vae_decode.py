@@ -16,8 +16,10 @@ into conv shapes and the other layers.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -53,6 +55,7 @@ def main():
     torch.manual_seed(0)
     ref = TorchVAE().eval()  # the Wan2.1 VAE config
     folder = Path(tempfile.mkdtemp(prefix="wan21-vae-"))
+    atexit.register(shutil.rmtree, folder, True)
     ref.save_pretrained(folder)
     z = np.random.default_rng(0).standard_normal((1, 16, args.frames, args.size, args.size)).astype(np.float32)
     print(f"latent {z.shape} -> {1 + 4 * (args.frames - 1)} frames {args.size * 8}x{args.size * 8}; "

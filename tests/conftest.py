@@ -12,3 +12,10 @@ def pytest_configure(config):
     # exercises its generation and never depends on a user's cache.
     import tempfile
     os.environ["GRAPHRT_HOME"] = tempfile.mkdtemp(prefix="graphrt-home-")
+
+
+def pytest_unconfigure(config):
+    import shutil
+    home = os.environ.get("GRAPHRT_HOME", "")
+    if os.path.basename(home).startswith("graphrt-home-"):
+        shutil.rmtree(home, ignore_errors=True)
