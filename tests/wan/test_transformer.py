@@ -107,14 +107,18 @@ def test_ti2v_per_token_timesteps(models):
     assert rel_err(o, r) < TOL
 
 
-@pytest.mark.parametrize("matmul", ["onednn", "native"])
+@pytest.mark.parametrize("matmul", ["onednn", "native", "many rows"])
 @pytest.mark.parametrize("name", ["t2v", "i2v", "ti2v"])
 def test_jit_equals_eager(models, name, matmul, monkeypatch):
-    """Compiled blocks (on CPU their FFN matmuls through oneDNN unless GRAPHRT_CPU_MATMUL=native) equal eager."""
+    """Compiled blocks (on CPU their FFN matmuls through oneDNN for up to CPU_FFN_OFFLOAD_MAX_ROWS token rows,
+    unless GRAPHRT_CPU_MATMUL=native) equal eager."""
     from nodes.wan import onednn
-    if matmul == "onednn" and not onednn.available():
+    from nodes.wan import transformer as transformer_mod
+    if matmul != "native" and not onednn.available():
         pytest.skip(f"MindSpore's oneDNN: {onednn.unavailable_reason()}")
-    monkeypatch.setenv("GRAPHRT_CPU_MATMUL", matmul)
+    monkeypatch.setenv("GRAPHRT_CPU_MATMUL", "native" if matmul == "native" else "onednn")
+    if matmul == "many rows":
+        monkeypatch.setattr(transformer_mod, "CPU_FFN_OFFLOAD_MAX_ROWS", 1)
     calls = []
     real = onednn.linear
     monkeypatch.setattr(onednn, "linear", lambda *a: calls.append(1) or real(*a))
