@@ -114,20 +114,20 @@ def _load():
             if version.major != 3:
                 raise OneDNNError(f"oneDNN {version.major}.{version.minor} (the enum values here are 3.x's)")
             engine = _P()
-            _check(lib.dnnl_engine_create(ctypes.byref(engine), _CPU_ENGINE, 0), "engine_create", lib)
+            _check(lib.dnnl_engine_create(ctypes.byref(engine), _CPU_ENGINE, 0), "engine_create")
             _lib, _engine = lib, engine
         except (OSError, AttributeError, OneDNNError) as e:
             _load_error = f"{type(e).__name__}: {e}"
     return _lib
 
 
-def _check(status, what, lib=None):
+def _check(status, what):
     if status != 0:
         raise OneDNNError(f"oneDNN {what} failed (dnnl_status_t {status})")
 
 
 def threads() -> int:
-    """Parts a convolution is split into: GRAPHRT_CPU_CONV_THREADS, else the CPUs this process may use."""
+    """Parts a convolution or linear is split into: GRAPHRT_CPU_CONV_THREADS, else the CPUs this process may use."""
     env = os.environ.get("GRAPHRT_CPU_CONV_THREADS")
     if env:
         return max(1, int(env))
