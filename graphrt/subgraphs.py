@@ -22,20 +22,9 @@ The result is an ordinary flat UI graph (node and link ids become strings) for
 from __future__ import annotations
 
 from .errors import ValidationError, WorkflowError
+from .ui_format import BYPASS, MUTED, link_rows
 
-MUTED, BYPASS = 2, 4
 INPUT_NODE_ID, OUTPUT_NODE_ID = -10, -20
-
-
-def _link_rows(links):
-    rows = {}
-    for link in links or []:
-        if isinstance(link, dict):
-            rows[link["id"]] = (link["origin_id"], link["origin_slot"], link["target_id"], link["target_slot"],
-                                link.get("type"))
-        else:
-            rows[link[0]] = tuple(link[1:6])
-    return rows
 
 
 def _definitions(graph, found):
@@ -61,7 +50,7 @@ def flatten(data: dict, source: str | None = None) -> dict:
         """Copy one graph level; `feed(slot)` says what an input-node slot stands for: (origin id, slot),
         ("value", v) for a promoted widget value, or None."""
         graph_in, graph_out = stack[-1][1] if stack else (INPUT_NODE_ID, OUTPUT_NODE_ID)
-        rows = _link_rows(links)
+        rows = link_rows(links)
         cut = {}      # link id from the input node that feeds nothing -> the promoted widget value, if any
         for lid, (origin, oslot, target, tslot, ltype) in rows.items():
             key = prefix + str(lid)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from .errors import ValidationError, WorkflowError
 from .registry import get_node_class
-from .subgraphs import flatten, has_subgraphs
 
 MUTED, BYPASS = 2, 4
 NOTES = ("Note", "MarkdownNote")
@@ -38,9 +37,10 @@ def _id_order(node_id):
     return tuple(int(p) if p.lstrip("-").isdigit() else 0 for p in str(node_id).split(":"))
 
 
-def _links(data) -> dict:
+def link_rows(links) -> dict:
+    """{link id: (origin id, origin slot, target id, target slot, type)} from a UI file's links (lists or objects)."""
     out = {}
-    for link in data.get("links") or []:
+    for link in links or []:
         if isinstance(link, dict):
             out[link["id"]] = (link["origin_id"], link["origin_slot"], link["target_id"], link["target_slot"],
                                link.get("type"))
@@ -51,10 +51,11 @@ def _links(data) -> dict:
 
 def ui_to_api(data: dict, source: str | None = None) -> dict:
     """The API-format dict of a UI-format workflow; raises WorkflowError naming each bad node."""
+    from .subgraphs import flatten, has_subgraphs   # subgraphs builds on this module
     if has_subgraphs(data):
         data = flatten(data, source)
     nodes = {n["id"]: n for n in data["nodes"]}
-    links = _links(data)
+    links = link_rows(data.get("links"))
     errors: list[ValidationError] = []
 
     def resolve(link_id, seen=()):

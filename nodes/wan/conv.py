@@ -131,15 +131,25 @@ def cpu_strategy() -> str:
         elif onednn.available():
             _strategy = "onednn"
         else:
-            _strategy = "native" if _native_conv_is_fast() else "im2col"
+            _strategy = _fallback_strategy()
     return _strategy
 
 
 def _cpu_path(x, weight, bias) -> str:
     strategy = cpu_strategy()
     if strategy == "onednn" and any(t is not None and t.dtype != ms.float32 for t in (x, weight, bias)):
-        return "native"  # the oneDNN path is float32-only
+        return _fallback_strategy()  # the oneDNN path is float32-only
     return strategy
+
+
+_fallback = None
+
+
+def _fallback_strategy() -> str:
+    global _fallback
+    if _fallback is None:
+        _fallback = "native" if _native_conv_is_fast() else "im2col"
+    return _fallback
 
 
 def _pad_dim(x, dim, before, after):

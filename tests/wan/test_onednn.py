@@ -217,3 +217,15 @@ def test_empty_prefix_is_ignored():
     y = onednn.conv(ms.Tensor(x), ms.Tensor(w), None, (1, 1, 1), (0, 1, 1),
                     prefix=ms.Tensor(np.zeros((1, 8, 0, 5, 5), np.float32)))
     assert rel_err(y.asnumpy(), torch_conv(x, w, None, (1, 1, 1), (0, 1, 1))) < 1e-5
+
+
+def test_linear_matches_numpy_and_names_bad_shapes():
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((2, 5, 40), dtype=np.float32)
+    w = rng.standard_normal((600, 40), dtype=np.float32)
+    b = rng.standard_normal(600, dtype=np.float32)
+    y = onednn.linear(ms.Tensor(x), ms.Tensor(w), ms.Tensor(b)).asnumpy()
+    assert y.shape == (2, 5, 600) and rel_err(y, x @ w.T + b) < 1e-5
+    assert rel_err(onednn.linear(ms.Tensor(x), ms.Tensor(w)).asnumpy(), x @ w.T) < 1e-5
+    with pytest.raises(ValueError, match="does not match weight"):
+        onednn.linear(ms.Tensor(x), ms.Tensor(w[:, :39].copy()))
