@@ -329,7 +329,6 @@ def _flat_conv(x, wtap, kernel, out_sizes):
 def _im2col_strided(x, wtap, kernel, stride, out_sizes):
     """Spatially strided convolution (the encoder's stride-2 downsampling): strided-slice im2col."""
     b, c = x.shape[:2]
-    nd = len(kernel)
     length = 1
     for o in out_sizes:
         length *= o

@@ -11,6 +11,7 @@ import mindspore as ms
 from mindspore import Parameter, mint, nn, ops
 from mindspore.common.initializer import initializer
 
+from . import runtime
 from .runtime import TILE_BROADCASTS
 
 
@@ -61,6 +62,44 @@ def badd(x, y):
     return expand_to(x, shape) + expand_to(y, shape)
 
 
+_mm = ops.MatMul()
+
+
+def row_mean(x):
+    """The mean over the last axis of a float32 tensor, keeping that axis.
+
+    On CPU (`runtime.ROW_STATS_BY_MATMUL`) a matmul with a ones column: MindSpore CPU's
+    ReduceMean over the last axis takes 1.3 ms at [192, 1536] and 13.5 ms at [1950, 1536]
+    under ms.jit, the matmul 4x less. The same sum, rounded differently (within 1e-7).
+    """
+    if not runtime.ROW_STATS_BY_MATMUL:
+        return mint.mean(x, -1, keepdim=True)
+    d = x.shape[-1]
+    s = _mm(x.reshape(-1, d), ops.ones((d, 1), x.dtype))
+    return (s / d).reshape(x.shape[:-1] + (1,))
+
+
+def rms_normalize(x, eps: float):
+    """x / sqrt(mean(x²) + eps) over the last axis, for a float32 x (the unscaled RMSNorm)."""
+    return bmul(x, mint.rsqrt(row_mean(x * x) + eps))
+
+
+def layer_norm(x, eps: float, weight=None, bias=None):
+    """torch's layer_norm over the last axis of a float32 x (biased variance), with an optional
+    affine weight and bias. On CPU from `row_mean` (2-5x faster than the LayerNorm kernel there);
+    elsewhere the LayerNorm primitive (mint's has no CPU kernel)."""
+    d = x.shape[-1]
+    if not runtime.ROW_STATS_BY_MATMUL:
+        if weight is None:
+            weight, bias = ops.ones((d,), x.dtype), ops.zeros((d,), x.dtype)
+        return ops.LayerNorm(-1, -1, eps)(x, weight, bias)[0]
+    xc = badd(x, -row_mean(x))
+    y = bmul(xc, mint.rsqrt(row_mean(xc * xc) + eps))
+    if weight is not None:
+        y = badd(bmul(y, weight), bias)
+    return y
+
+
 # Adding the bias with BiasAdd on the 2-D matmul output is ~40% cheaper in eager
 # mode than a broadcast `+` at Wan sizes (1,950×8,960); results are identical.
 bias_add = ops.BiasAdd()
@@ -91,7 +130,6 @@ class Linear(nn.Cell):
 class LayerNorm(nn.Cell):
     """LayerNorm over the last dim; `affine=False` keeps no parameters (like torch).
 
-    Uses the `ops.LayerNorm` primitive: mint's layer_norm has no CPU kernel.
     The statistic is computed in float32 whatever the input dtype (FP32LayerNorm).
     """
 
@@ -104,17 +142,12 @@ class LayerNorm(nn.Cell):
         else:
             self.weight = None
             self.bias = None
-        self._ones = ms.Tensor(ops.ones((dim,), ms.float32))
-        self._zeros = ms.Tensor(ops.zeros((dim,), ms.float32))
-        self.norm = ops.LayerNorm(-1, -1, eps)
 
     def construct(self, x):
-        dtype = x.dtype
+        w = b = None
         if self.affine:
             w, b = self.weight.astype(ms.float32), self.bias.astype(ms.float32)
-        else:
-            w, b = self._ones, self._zeros
-        return self.norm(x.astype(ms.float32), w, b)[0].astype(dtype)
+        return layer_norm(x.astype(ms.float32), self.eps, w, b).astype(x.dtype)
 
 
 class RMSNorm(nn.Cell):
@@ -128,8 +161,7 @@ class RMSNorm(nn.Cell):
     def construct(self, x):
         dtype = x.dtype
         xf = x.astype(ms.float32)
-        y = bmul(xf, mint.rsqrt(mint.mean(xf * xf, -1, keepdim=True) + self.eps))
-        return bmul(y.astype(dtype), self.weight)
+        return bmul(rms_normalize(xf, self.eps).astype(dtype), self.weight)
 
 
 _GELU_TANH_K = 2.0 * math.sqrt(2.0 / math.pi)

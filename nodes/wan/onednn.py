@@ -1,4 +1,4 @@
-"""Convolutions on CPU through the oneDNN library bundled with MindSpore, in oneDNN's blocked layout.
+"""Convolutions (in oneDNN's blocked layout) and matmuls on CPU through the oneDNN library bundled with MindSpore.
 
 MindSpore's CPU Conv2D hands oneDNN plain NCHW descriptors, so oneDNN runs its
 gemm-based kernel (`x64:gemm:jit`, 55–70 GFLOP/s on 2 AVX2 cores), and there is
@@ -39,6 +39,7 @@ _TAG_ANY = 1
 _TAG_PLAIN = {1: 2, 2: 3, 3: 4, 4: 5, 5: 6}  # ndims -> dnnl_a, dnnl_ab, dnnl_abc, dnnl_abcd, dnnl_abcde
 _FORWARD_INFERENCE = 96
 _CONVOLUTION_DIRECT = 1
+_ELTWISE = {"gelu_tanh": 0x2b}  # dnnl_alg_kind_t
 _QUERY_SRC_MD, _QUERY_WEIGHTS_MD, _QUERY_DST_MD = 129, 131, 133
 _ARG_SRC, _ARG_DST, _ARG_WEIGHTS, _ARG_BIAS = 1, 17, 33, 41
 _STREAM_IN_ORDER = 1
@@ -70,6 +71,8 @@ _SIGNATURES = {
     "dnnl_memory_desc_get_size": ([_P], ctypes.c_size_t),
     "dnnl_convolution_forward_primitive_desc_create": (
         [ctypes.POINTER(_P), _P, ctypes.c_int, ctypes.c_int, _P, _P, _P, _P, _Dims, _Dims, _Dims, _Dims, _P], ctypes.c_int),
+    "dnnl_eltwise_forward_primitive_desc_create": (
+        [ctypes.POINTER(_P), _P, ctypes.c_int, ctypes.c_int, _P, _P, ctypes.c_float, ctypes.c_float, _P], ctypes.c_int),
     "dnnl_reorder_primitive_desc_create": ([ctypes.POINTER(_P), _P, _P, _P, _P, _P], ctypes.c_int),
     "dnnl_primitive_desc_query_md": ([_P, ctypes.c_int, ctypes.c_int], _P),
     "dnnl_primitive_desc_destroy": ([_P], ctypes.c_int),
@@ -127,7 +130,7 @@ def _check(status, what):
 
 
 def threads() -> int:
-    """Parts a convolution or linear is split into: GRAPHRT_CPU_CONV_THREADS, else the CPUs this process may use."""
+    """Parts a convolution or feed-forward is split into: GRAPHRT_CPU_CONV_THREADS, else the CPUs this process may use."""
     env = os.environ.get("GRAPHRT_CPU_CONV_THREADS")
     if env:
         return max(1, int(env))
@@ -464,7 +467,7 @@ def _plan(key):
 def _numpy(t):
     a = t.asnumpy()  # shares the CPU tensor's buffer
     if a.dtype != np.float32:
-        raise TypeError(f"oneDNN convolution takes float32, got {a.dtype}")
+        raise TypeError(f"oneDNN here takes float32 tensors, got {a.dtype}")
     return a if a.flags["C_CONTIGUOUS"] else np.ascontiguousarray(a)
 
 
@@ -535,38 +538,91 @@ def upsample_conv2d(x, phase_weights, bias):
     return ms.Tensor.from_numpy(y)
 
 
-# Output columns per sgemm part, at least: narrower splits cost more in dispatch than they gain.
+# Hidden units per feed-forward part, at least: narrower splits cost more in dispatch than they gain.
 MIN_COLUMNS_PER_PART = 256
+# Token rows a feed-forward part computes at a time: bounds its hidden buffer (4,480 units: 18 MB), which
+# is reused, instead of materialising [rows, hidden] (at 81 frames of 480p, 32,760 rows: 1.2 GB).
+FEED_FORWARD_ROWS = 1024
 
 
-def linear(x, weight, bias=None):
-    """x @ weight.T + bias for CPU float32 MindSpore tensors (x [..., K], weight [N, K]): oneDNN's sgemm.
+class _Eltwise:
+    """An in-place elementwise activation over a [rows, cols] float32 buffer."""
 
-    The output columns are split in `threads()` parts run in parallel (each part
-    single-threaded, as for the convolutions). On the Wan transformer's FFN shapes
-    this measured 10–15% faster than MindSpore's MatMul.
+    def __init__(self, rows, cols, alg):
+        self.md = _plain((rows, cols))
+        self.prim = _Primitive(lambda pd: _check(_lib.dnnl_eltwise_forward_primitive_desc_create(
+            pd, _engine, _FORWARD_INFERENCE, alg, self.md.handle, self.md.handle, 0.0, 0.0, None),
+            f"eltwise {alg:#x} on {rows}x{cols}"))
+
+    def __call__(self, a):
+        m = _Memory(self.md.handle, a)
+        self.prim([(_ARG_SRC, m.handle), (_ARG_DST, m.handle)])
+        _check(_lib.dnnl_stream_wait(_stream()), "stream_wait")
+
+
+_eltwise_plans = collections.OrderedDict()
+
+
+def _eltwise(key):
+    """The cached `_Eltwise` for (rows, cols, alg, part): one per part, as parts run concurrently."""
+    with _lock:
+        plan = _eltwise_plans.get(key)
+        if plan is None:
+            plan = _eltwise_plans[key] = _Eltwise(*key[:3])
+            while len(_eltwise_plans) > PLAN_CACHE_SIZE:
+                _eltwise_plans.popitem(last=False)
+        else:
+            _eltwise_plans.move_to_end(key)
+        return plan
+
+
+def feed_forward(x, w1, b1, w2, b2, activation="gelu_tanh"):
+    """act(x @ w1.T + b1) @ w2.T + b2 for CPU float32 MindSpore tensors (x [..., D], w1 [H, D], w2 [O, H]).
+
+    The hidden units are split in `threads()` parts, each run on its own thread
+    start to end, `FEED_FORWARD_ROWS` rows at a time: its slice of the first
+    sgemm (bias preloaded), the activation in place (oneDNN's eltwise, 0.2e-6 from
+    torch's GELU), and its share of the second sgemm; the partial outputs are then
+    summed. The hidden activations never reach MindSpore and stay one chunk
+    per thread. On the Wan2.1 1.3B FFN, 20–30% faster than MindSpore's compiled
+    matmul, GELU, matmul, from 192 to 1,950 rows.
     """
     _require()
-    xn, wn = _numpy(x), _numpy(weight)
-    k = xn.shape[-1]
-    if wn.ndim != 2 or wn.shape[1] != k:
-        raise ValueError(f"linear: input {tuple(xn.shape)} does not match weight {tuple(wn.shape)}")
-    xn = xn.reshape(-1, k)
-    m, n = xn.shape[0], wn.shape[0]
-    y = np.empty((m, n), np.float32)
-    beta = 0.0
-    if bias is not None:
-        y[...] = _numpy(bias)   # sgemm adds into C with beta = 1
-        beta = 1.0
-    xp, wp, yp = xn.ctypes.data, wn.ctypes.data, y.ctypes.data
+    if activation not in _ELTWISE:
+        raise ValueError(f"feed_forward: activation {activation!r} is not one of {sorted(_ELTWISE)}")
+    xn, w1n, b1n, w2n, b2n = (_numpy(t) for t in (x, w1, b1, w2, b2))
+    d, hidden, out = xn.shape[-1], w1n.shape[0], w2n.shape[0]
+    if w1n.shape != (hidden, d) or w2n.shape != (out, hidden) or b1n.shape != (hidden,) or b2n.shape != (out,):
+        raise ValueError(f"feed_forward: input {tuple(xn.shape)} does not fit w1 {tuple(w1n.shape)}, b1 "
+                         f"{tuple(b1n.shape)}, w2 {tuple(w2n.shape)}, b2 {tuple(b2n.shape)}")
+    xn = xn.reshape(-1, d)
+    m = xn.shape[0]
+    bounds = _split(hidden, max(1, min(threads(), hidden // MIN_COLUMNS_PER_PART)))
+    partial = [np.empty((m, out), np.float32) for _ in bounds]
+    alg = _ELTWISE[activation]
+    chunk = max(1, FEED_FORWARD_ROWS)
 
-    def part(n0, n1):
-        _check(_lib.dnnl_sgemm(b"N", b"T", m, n1 - n0, k, 1.0, _P(xp), k, _P(wp + n0 * k * 4), k, beta,
-                               _P(yp + n0 * 4), n), f"sgemm {m}x{k}x{n}")
+    def part(i, h0, h1):
+        n = h1 - h0
+        buf = np.empty((min(chunk, m), n), np.float32)
+        for r0 in range(0, m, chunk):
+            rows = min(chunk, m - r0)
+            h = buf[:rows]
+            h[...] = b1n[h0:h1]   # sgemm adds into it with beta = 1
+            _check(_lib.dnnl_sgemm(b"N", b"T", rows, n, d, 1.0, _P(xn.ctypes.data + r0 * d * 4), d,
+                                   _P(w1n.ctypes.data + h0 * d * 4), d, 1.0, _P(h.ctypes.data), n),
+                   f"sgemm {rows}x{d}x{n}")
+            _eltwise((rows, n, alg, i))(h)
+            # Columns h0:h1 of w2 [O, H] are w2's rows read with leading dimension H.
+            _check(_lib.dnnl_sgemm(b"N", b"T", rows, out, n, 1.0, _P(h.ctypes.data), n, _P(w2n.ctypes.data + h0 * 4),
+                                   hidden, 0.0, _P(partial[i].ctypes.data + r0 * out * 4), out), f"sgemm {rows}x{n}x{out}")
 
-    bounds = _split(n, max(1, min(threads(), n // MIN_COLUMNS_PER_PART)))
-    _run_all([(lambda a=a, b=b: part(a, b)) for a, b in bounds])
-    return ms.Tensor.from_numpy(y.reshape(tuple(x.shape[:-1]) + (n,)))
+    _run_all([(lambda i=i, a=a, b=b: part(i, a, b)) for i, (a, b) in enumerate(bounds)])
+    y = partial[0]
+    for other in partial[1:]:
+        y += other
+    y += b2n
+    return ms.Tensor.from_numpy(y.reshape(tuple(x.shape[:-1]) + (out,)))
 
 
 def _require():
@@ -574,4 +630,4 @@ def _require():
         raise OneDNNError(f"MindSpore's oneDNN is not usable here: {_load_error}")
 
 
-__all__ = ["conv", "upsample_conv2d", "linear", "MIN_COLUMNS_PER_PART", "available", "unavailable_reason", "threads", "OneDNNError", "PLAN_CACHE_SIZE"]
+__all__ = ["conv", "upsample_conv2d", "feed_forward", "MIN_COLUMNS_PER_PART", "FEED_FORWARD_ROWS", "available", "unavailable_reason", "threads", "OneDNNError", "PLAN_CACHE_SIZE"]

@@ -7,20 +7,17 @@ RoPE and the timestep sinusoid from float64/float32 numpy tables.
 """
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 
 import numpy as np
 import mindspore as ms
-from mindspore import Parameter, mint, nn, ops
+from mindspore import Parameter, mint, nn
 
-from .attention import attention
-from .layers import badd, bias_add, bmul, expand_to, param_init, LayerNorm, Linear, RMSNorm, gelu_exact, gelu_tanh, silu
+from .layers import badd, bmul, expand_to, param_init, LayerNorm, Linear, RMSNorm, gelu_exact, gelu_tanh, silu
 from .rope import rope_cos_sin, rope_pair_rotation, timestep_sinusoid
 from . import onednn
 from .runtime import device
-
-TEXT_TOKENS = 512  # diffusers splits image tokens from text tokens by this fixed length
+from .transformer_block import CPU_FFN_OFFLOAD_MIN_ROWS, finish_on_cpu, make_block_fn, onednn_matmuls
 
 
 class FeedForward(nn.Cell):
@@ -42,7 +39,7 @@ class _Proj(nn.Cell):
 
 
 class WanAttention(nn.Cell):
-    """Holds the attention parameters under diffusers' names; the math is in `make_block_fn`."""
+    """Holds the attention parameters under diffusers' names; the math is in `transformer_block`."""
 
     def __init__(self, dim, heads, eps, added_kv_proj_dim=None, dtype=ms.float32):
         super().__init__()
@@ -67,136 +64,6 @@ class WanAttention(nn.Cell):
         return w
 
 
-_mm_tb = ops.MatMul(transpose_b=True)
-
-
-def _linear(x, w, b):
-    shape = x.shape
-    y = bias_add(_mm_tb(x.reshape(-1, shape[-1]), w), b)
-    return y.reshape(shape[:-1] + (w.shape[0],))
-
-
-def _rms_norm(x, w, eps):
-    xf = x.astype(ms.float32)
-    return bmul(bmul(xf, mint.rsqrt(mint.mean(xf * xf, -1, keepdim=True) + eps)).astype(x.dtype), w)
-
-
-_mm = ops.MatMul()
-
-
-def apply_rope(x, cos, sin, rot):
-    """Rotate interleaved pairs (x[2i], x[2i+1]) of x [B, H, L, d]: x·cos + (x @ rot)·sin, with cos/sin
-    broadcastable to x (each pair's value twice) and `rot` from `rope_pair_rotation`; the same
-    float ops as diffusers' x0·cos − x1·sin, x0·sin + x1·cos, in float32."""
-    b, h, l, d = x.shape
-    dtype = x.dtype
-    xf = x.astype(ms.float32)
-    cross = _mm(xf.reshape(-1, d), rot).reshape(b, h, l, d)
-    return (bmul(xf, cos) + bmul(cross, sin)).astype(dtype)
-
-
-@lru_cache(maxsize=None)
-def make_block_fn(heads: int, eps: float, cross_attn_norm: bool, image_branch: bool, fused: bool,
-                  ffn_outside: bool = False):
-    """The block as a pure function of (activations, *weights).
-
-    Taking the weights as arguments lets one `ms.jit` graph serve every block: it
-    compiles once per input shape, and each call frees its intermediates (one
-    graph over all blocks would keep every block's activations alive).
-    `ffn_outside`: stop before the feed-forward and return (x in float32, the
-    FFN's input, its gate), for `_ffn_on_cpu` to finish.
-    """
-    layer_norm = ops.LayerNorm(-1, -1, eps)
-    n_attn = 15 if image_branch else 10
-
-    def split_heads(x):
-        b, l, d = x.shape
-        return x.reshape(b, l, heads, d // heads).swapaxes(1, 2)
-
-    def merge_heads(x):
-        b, h, l, d = x.shape
-        return x.swapaxes(1, 2).reshape(b, l, h * d)
-
-    def attn(x, context, rope, w):
-        ctx_img = None
-        if context is None:
-            context = x
-        elif image_branch:  # image tokens come first; the text part is always TEXT_TOKENS long
-            n_img = context.shape[1] - TEXT_TOKENS
-            ctx_img, context = context[:, :n_img], context[:, n_img:]
-        q = split_heads(_rms_norm(_linear(x, w[0], w[1]), w[8], eps))
-        k = split_heads(_rms_norm(_linear(context, w[2], w[3]), w[9], eps))
-        v = split_heads(_linear(context, w[4], w[5]))
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        out = merge_heads(attention(q, k, v, use_fused=fused))
-        if ctx_img is not None:
-            k_img = split_heads(_rms_norm(_linear(ctx_img, w[10], w[11]), w[14], eps))
-            v_img = split_heads(_linear(ctx_img, w[12], w[13]))
-            out = out + merge_heads(attention(q, k_img, v_img, use_fused=fused))
-        return _linear(out, w[6], w[7])
-
-    def block(x, context, temb, cos, sin, rot, *w):
-        # w: scale_shift_table, attn1 (10), attn2 (10 or 15), [norm2 w, b], ffn (4), ones, zeros
-        dtype = x.dtype
-        if temb.ndim == 4:  # per-token (Wan2.2 TI2V): temb [B, L, 6, D]
-            mod = w[0].unsqueeze(0) + temb.astype(ms.float32)
-            shift, scale, gate, c_shift, c_scale, c_gate = [m.squeeze(2) for m in mint.chunk(mod, 6, 2)]
-        else:               # temb [B, 6, D] -> [B, L, D] each, so the products below are same-shape
-            mod = expand_to((w[0] + temb.astype(ms.float32)).unsqueeze(1), (x.shape[0], x.shape[1], 6, x.shape[2]))
-            shift, scale, gate, c_shift, c_scale, c_gate = [m.squeeze(2) for m in mint.chunk(mod, 6, 2)]
-        a1, a2 = w[1:11], w[11:11 + n_attn]
-        rest = w[11 + n_attn:]
-        ones, zeros = rest[-2], rest[-1]
-        xf = x.astype(ms.float32)
-        n = badd(bmul(layer_norm(xf, ones, zeros)[0], 1 + scale), shift).astype(dtype)
-        x = (xf + bmul(attn(n, None, (cos, sin, rot), a1).astype(ms.float32), gate)).astype(dtype)
-        if cross_attn_norm:
-            n = layer_norm(x.astype(ms.float32), rest[0].astype(ms.float32), rest[1].astype(ms.float32))[0]
-            n = n.astype(dtype)
-            rest = rest[2:]
-        else:
-            n = x
-        x = x + attn(n, context, None, a2)
-        xf = x.astype(ms.float32)
-        n = badd(bmul(layer_norm(xf, ones, zeros)[0], 1 + c_scale), c_shift).astype(dtype)
-        if ffn_outside:
-            return xf, n, c_gate
-        ff = _linear(gelu_tanh(_linear(n, rest[0], rest[1])), rest[2], rest[3])
-        return (xf + bmul(ff.astype(ms.float32), c_gate)).astype(dtype)
-
-    return block
-
-
-def _gate_residual(xf, ff, gate):
-    return (xf + bmul(ff.astype(ms.float32), gate)).astype(ff.dtype)
-
-
-_gelu_tanh_jit = ms.jit(gelu_tanh)
-_gate_residual_jit = ms.jit(_gate_residual)
-
-
-def _ffn_on_cpu(out, w1, b1, w2, b2):
-    """The feed-forward of a block compiled with `ffn_outside`: its two matmuls through oneDNN's sgemm
-    (10–15% faster than MindSpore's MatMul on these shapes), GELU and the gated residual compiled."""
-    xf, n, gate = out
-    h = _gelu_tanh_jit(onednn.linear(n, w1, b1))
-    return _gate_residual_jit(xf, onednn.linear(h, w2, b2), gate)
-
-
-# Token rows (batch x tokens) up to which compiled blocks take the oneDNN FFN: measured 2–6% faster per
-# forward at 192 tokens, no faster at 1,950 (where MindSpore's MatMul is as efficient, and the fresh
-# numpy buffers cost page faults).
-CPU_FFN_OFFLOAD_MAX_ROWS = 1024
-
-
-def cpu_ffn_offload(dtype) -> bool:
-    """Whether compiled blocks hand their FFN matmuls to oneDNN: float32 on CPU with MindSpore's oneDNN
-    loadable, unless GRAPHRT_CPU_MATMUL=native."""
-    return (device() == "CPU" and dtype == ms.float32 and os.environ.get("GRAPHRT_CPU_MATMUL", "").lower() != "native"
-            and onednn.available())
-
-
 @lru_cache(maxsize=None)
 def _compiled(block_fn):
     """One jit wrapper (and so one graph per shape) per block configuration, shared by models."""
@@ -217,17 +84,16 @@ class WanTransformerBlock(nn.Cell):
         # Decided here, not per call: graph mode (ms.jit) cannot query the device.
         fused = device() == "Ascend" and dtype in (ms.float16, ms.bfloat16)
         self.fn = make_block_fn(heads, eps, cross_attn_norm, added_kv_proj_dim is not None, fused)
-        # The compiled variant may leave the FFN to oneDNN (see `_ffn_on_cpu`); eager runs stay whole.
-        self.compiled_fn = make_block_fn(heads, eps, cross_attn_norm, added_kv_proj_dim is not None, fused,
-                                         cpu_ffn_offload(dtype))
+        # The compiled variant for long sequences leaves the FFN to oneDNN (`finish_on_cpu`).
+        self.fn_ffn_outside = (make_block_fn(heads, eps, cross_attn_norm, added_kv_proj_dim is not None, fused, True)
+                               if onednn_matmuls(dtype) else None)
 
     def weights(self):
         w = (self.scale_shift_table,) + self.attn1.weights() + self.attn2.weights()
         if self.cross_attn_norm:
             w += (self.norm2.weight, self.norm2.bias)
         ffn = self.ffn.net
-        return w + (ffn[0].proj.weight, ffn[0].proj.bias, ffn[2].weight, ffn[2].bias, self.norm1._ones,
-                    self.norm1._zeros)
+        return w + (ffn[0].proj.weight, ffn[0].proj.bias, ffn[2].weight, ffn[2].bias)
 
     def construct(self, x, context, temb, rope, fn=None, patch=None):
         """`rope`: (cos, sin, rot) of `apply_rope`; `fn`: a compiled `make_block_fn` of the same
@@ -241,8 +107,8 @@ class WanTransformerBlock(nn.Cell):
         # parameter's memory; `p.value()` copies it (59 ms per 1.3B block on CPU, 1.8 s a forward).
         weights = [ms.Tensor(w) if isinstance(w, Parameter) else w for w in weights]
         out = fn(x, context, temb, *rope, *weights)
-        if isinstance(out, tuple):
-            return _ffn_on_cpu(out, *weights[-6:-2])
+        if isinstance(out, tuple):   # compiled with ffn_outside
+            return finish_on_cpu(out, *weights[-4:])
         return out
 
 
@@ -263,7 +129,10 @@ class TextProjection(nn.Cell):
         self.linear_2 = Linear(dim, dim, dtype=dtype)
 
     def construct(self, x):
-        return self.linear_2(gelu_tanh(self.linear_1(x)))
+        l1, l2 = self.linear_1, self.linear_2
+        if onednn_matmuls(l1.weight.dtype) and x.dtype == ms.float32:   # 10–20% faster than MindSpore's ops
+            return onednn.feed_forward(x, l1.weight, l1.bias, l2.weight, l2.bias)
+        return l2(gelu_tanh(l1(x)))
 
 
 class ImageEmbedding(nn.Cell):
@@ -342,11 +211,12 @@ class WanTransformer3DModel(nn.Cell):
 
     def compile(self):
         """Run the transformer blocks under `ms.jit`: one graph, compiled once per latent shape
-        and shared by all blocks (their weights are its inputs). About 3x faster on CPU;
-        memory stays that of one block's intermediates."""
-        self._jit_blocks = _compiled(self.blocks[0].fn) if len(self.blocks) else None
-        offload = len(self.blocks) and self.blocks[0].compiled_fn is not self.blocks[0].fn
-        self._jit_blocks_ffn = _compiled(self.blocks[0].compiled_fn) if offload else None
+        and shared by all blocks (their weights are its inputs); memory stays that of one
+        block's intermediates. On CPU, long sequences take the variant whose FFN runs in oneDNN."""
+        first = self.blocks[0] if len(self.blocks) else None
+        self._jit_blocks = _compiled(first.fn) if first is not None else None
+        self._jit_blocks_ffn = (_compiled(first.fn_ffn_outside)
+                                if first is not None and first.fn_ffn_outside is not None else None)
         return self
 
     def _rope(self, gf, gh, gw):
@@ -366,7 +236,7 @@ class WanTransformer3DModel(nn.Cell):
         if self._jit_blocks is not None:
             fn = self._jit_blocks
             x = args[0]
-            if self._jit_blocks_ffn is not None and x.shape[0] * x.shape[1] <= CPU_FFN_OFFLOAD_MAX_ROWS:
+            if self._jit_blocks_ffn is not None and x.shape[0] * x.shape[1] >= CPU_FFN_OFFLOAD_MIN_ROWS:
                 fn = self._jit_blocks_ffn
             try:
                 return block(*args, fn=fn, patch=patch)

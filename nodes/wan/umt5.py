@@ -16,7 +16,7 @@ import mindspore as ms
 from mindspore import Parameter, mint, nn, ops
 
 from .attention import attention
-from .layers import bmul, param_init, Linear, gelu_tanh
+from .layers import bmul, param_init, row_mean, Linear, gelu_tanh
 from .runtime import device
 
 
@@ -43,7 +43,8 @@ class T5LayerNorm(nn.Cell):
         self.weight = Parameter(param_init("ones", (dim,), dtype), name="weight")
 
     def construct(self, x):
-        var = mint.mean(x.astype(ms.float32) ** 2, -1, keepdim=True)
+        xf = x.astype(ms.float32)
+        var = row_mean(xf * xf)
         x = bmul(x, mint.rsqrt(var + self.eps))
         if self.weight.dtype in (ms.float16, ms.bfloat16):
             x = x.astype(self.weight.dtype)

@@ -1,4 +1,4 @@
-"""The blocked-layout oneDNN convolution (nodes/wan/onednn.py) against torch, over every way it splits work."""
+"""The oneDNN convolutions and feed-forward (nodes/wan/onednn.py) against torch, over every way they split work."""
 from __future__ import annotations
 
 import mindspore as ms
@@ -219,13 +219,33 @@ def test_empty_prefix_is_ignored():
     assert rel_err(y.asnumpy(), torch_conv(x, w, None, (1, 1, 1), (0, 1, 1))) < 1e-5
 
 
-def test_linear_matches_numpy_and_names_bad_shapes():
+@pytest.mark.parametrize("hidden, parts, rows", [(200, "1", 1024), (600, "2", 1024), (1100, "3", 1024),
+                                                 (600, "5", 1024), (600, "2", 4), (300, "1", 1)])
+def test_feed_forward_matches_torch(monkeypatch, hidden, parts, rows):
+    """gelu_tanh(x W1ᵀ + b1) W2ᵀ + b2, its hidden units split over `parts` threads (at least 256 each),
+    `rows` token rows at a time (10 rows: one chunk, 4+4+2, or ten of 1)."""
+    monkeypatch.setenv("GRAPHRT_CPU_CONV_THREADS", parts)
+    monkeypatch.setattr(onednn, "FEED_FORWARD_ROWS", rows)
     rng = np.random.default_rng(9)
     x = rng.standard_normal((2, 5, 40), dtype=np.float32)
-    w = rng.standard_normal((600, 40), dtype=np.float32)
-    b = rng.standard_normal(600, dtype=np.float32)
-    y = onednn.linear(ms.Tensor(x), ms.Tensor(w), ms.Tensor(b)).asnumpy()
-    assert y.shape == (2, 5, 600) and rel_err(y, x @ w.T + b) < 1e-5
-    assert rel_err(onednn.linear(ms.Tensor(x), ms.Tensor(w)).asnumpy(), x @ w.T) < 1e-5
-    with pytest.raises(ValueError, match="does not match weight"):
-        onednn.linear(ms.Tensor(x), ms.Tensor(w[:, :39].copy()))
+    w1 = rng.standard_normal((hidden, 40), dtype=np.float32) * 0.3
+    b1 = rng.standard_normal(hidden, dtype=np.float32)
+    w2 = rng.standard_normal((24, hidden), dtype=np.float32) * 0.1
+    b2 = rng.standard_normal(24, dtype=np.float32)
+    t = [torch.from_numpy(a) for a in (x, w1, b1, w2, b2)]
+    h = torch.nn.functional.gelu(t[0] @ t[1].T + t[2], approximate="tanh")
+    ref = (h @ t[3].T + t[4]).numpy()
+    y = onednn.feed_forward(*[ms.Tensor(a) for a in (x, w1, b1, w2, b2)]).asnumpy()
+    assert y.shape == (2, 5, 24) and rel_err(y, ref) < 1e-5
+
+
+def test_feed_forward_names_bad_input():
+    rng = np.random.default_rng(9)
+    x, w1, b1 = (ms.Tensor(rng.standard_normal(s, dtype=np.float32)) for s in ((3, 8), (16, 8), (16,)))
+    w2, b2 = ms.Tensor(rng.standard_normal((4, 16), dtype=np.float32)), ms.Tensor(np.zeros(4, np.float32))
+    with pytest.raises(ValueError, match=r"input \(3, 8\) does not fit w1 \(16, 8\), b1 \(16,\), w2 \(4, 15\)"):
+        onednn.feed_forward(x, w1, b1, ms.Tensor(rng.standard_normal((4, 15), dtype=np.float32)), b2)
+    with pytest.raises(ValueError, match="activation 'relu' is not one of"):
+        onednn.feed_forward(x, w1, b1, w2, b2, activation="relu")
+    with pytest.raises(TypeError, match="float32"):
+        onednn.feed_forward(x.astype(ms.float16), w1, b1, w2, b2)

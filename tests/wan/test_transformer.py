@@ -107,21 +107,25 @@ def test_ti2v_per_token_timesteps(models):
     assert rel_err(o, r) < TOL
 
 
-@pytest.mark.parametrize("matmul", ["onednn", "native", "many rows"])
+@pytest.mark.parametrize("matmul", ["whole graph", "ffn in onednn", "ffn row chunks", "native"])
 @pytest.mark.parametrize("name", ["t2v", "i2v", "ti2v"])
 def test_jit_equals_eager(models, name, matmul, monkeypatch):
-    """Compiled blocks (on CPU their FFN matmuls through oneDNN for up to CPU_FFN_OFFLOAD_MAX_ROWS token rows,
-    unless GRAPHRT_CPU_MATMUL=native) equal eager."""
+    """Compiled blocks equal eager: one graph per block, or on CPU from CPU_FFN_OFFLOAD_MIN_ROWS token rows
+    the graph up to the FFN and the FFN in oneDNN (in chunks of FEED_FORWARD_ROWS rows); the text
+    projection in oneDNN too, unless GRAPHRT_CPU_MATMUL=native."""
     from nodes.wan import onednn
     from nodes.wan import transformer as transformer_mod
     if matmul != "native" and not onednn.available():
         pytest.skip(f"MindSpore's oneDNN: {onednn.unavailable_reason()}")
     monkeypatch.setenv("GRAPHRT_CPU_MATMUL", "native" if matmul == "native" else "onednn")
-    if matmul == "many rows":
-        monkeypatch.setattr(transformer_mod, "CPU_FFN_OFFLOAD_MAX_ROWS", 1)
+    offload = matmul.startswith("ffn")
+    if offload:   # the toy inputs have 36 token rows
+        monkeypatch.setattr(transformer_mod, "CPU_FFN_OFFLOAD_MIN_ROWS", 36)
+    if matmul == "ffn row chunks":
+        monkeypatch.setattr(onednn, "FEED_FORWARD_ROWS", 7)   # 5 chunks of 7 rows and one of 1
     calls = []
-    real = onednn.linear
-    monkeypatch.setattr(onednn, "linear", lambda *a: calls.append(1) or real(*a))
+    real = onednn.feed_forward
+    monkeypatch.setattr(onednn, "feed_forward", lambda *a: calls.append(1) or real(*a))
     ref, _, folder = models[name]
     model = load_transformer(folder, subfolder=None)   # a fresh copy: compile() changes the model
     cfg = CONFIGS[name]
@@ -138,7 +142,8 @@ def test_jit_equals_eager(models, name, matmul, monkeypatch):
         jitted = model.compile()(*args).asnumpy()
         again = model(*args).asnumpy()  # the cached graph
     assert model._jit_blocks is not None
-    assert (len(calls) == 2 * 2 * len(model.blocks)) == (matmul == "onednn")   # two matmuls a block, two runs
+    # The text projection in each of the three forwards, and the FFN of each block in the two compiled ones.
+    assert len(calls) == (0 if matmul == "native" else 3 + (2 * len(model.blocks) if offload else 0))
     assert np.abs(jitted - eager).max() <= 1e-5 * np.abs(eager).max()
     assert np.array_equal(jitted, again)
     _, r = run_both(ref, model, x, t, ctx, img)
@@ -256,3 +261,46 @@ def test_bmul_badd_broadcast_like_numpy(monkeypatch, a, b):
     x, y = rng.standard_normal(a).astype(np.float32), rng.standard_normal(b).astype(np.float32)
     assert np.array_equal(layers.bmul(ms.Tensor(x), ms.Tensor(y)).asnumpy(), x * y)
     assert np.array_equal(layers.badd(ms.Tensor(x), ms.Tensor(y)).asnumpy(), x + y)
+
+
+@pytest.mark.parametrize("by_matmul", [True, False])
+@pytest.mark.parametrize("shape", [(7, 1536), (2, 5, 96), (1, 3, 4, 40)])
+def test_row_statistics_match_torch(monkeypatch, by_matmul, shape):
+    """`row_mean`, `rms_normalize` and `layer_norm` on both paths: CPU's matmul with a ones
+    column, and the reduction / LayerNorm kernels other devices use."""
+    import torch
+    import nodes.wan.layers as layers
+    import nodes.wan.runtime as runtime
+    monkeypatch.setattr(runtime, "ROW_STATS_BY_MATMUL", by_matmul)
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal(shape) * 3 + 1.5).astype(np.float32)   # an offset mean tests the centring
+    w, b = rng.standard_normal(shape[-1]).astype(np.float32), rng.standard_normal(shape[-1]).astype(np.float32)
+    tx = torch.from_numpy(x)
+    d = shape[-1]
+
+    def close(ours, ref):
+        ref = ref.numpy()
+        assert ours.shape == ref.shape
+        assert np.abs(ours - ref).max() <= 2e-6 * max(1.0, np.abs(ref).max())
+
+    close(layers.row_mean(ms.Tensor(x)).asnumpy(), tx.mean(-1, keepdim=True))
+    close(layers.rms_normalize(ms.Tensor(x), 1e-6).asnumpy(), tx * torch.rsqrt(tx.pow(2).mean(-1, keepdim=True) + 1e-6))
+    close(layers.layer_norm(ms.Tensor(x), 1e-5).asnumpy(), torch.nn.functional.layer_norm(tx, (d,), eps=1e-5))
+    close(layers.layer_norm(ms.Tensor(x), 1e-6, ms.Tensor(w), ms.Tensor(b)).asnumpy(),
+          torch.nn.functional.layer_norm(tx, (d,), torch.from_numpy(w), torch.from_numpy(b), eps=1e-6))
+
+
+@pytest.mark.parametrize("name", ["t2v", "i2v"])
+def test_non_cpu_paths_match_diffusers(models, monkeypatch, name):
+    """The transformer as other devices run it: ReduceMean / LayerNorm kernels and MindSpore's matmuls
+    for the text projection. Eager: a compiled graph would keep the path it was traced with."""
+    import nodes.wan.runtime as runtime
+    monkeypatch.setattr(runtime, "ROW_STATS_BY_MATMUL", False)
+    monkeypatch.setenv("GRAPHRT_CPU_MATMUL", "native")
+    ref, ours, _ = models[name]
+    monkeypatch.setattr(ours, "_jit_blocks", None)
+    x, ctx, rng = inputs(CONFIGS[name])
+    t = np.array([999, 421], np.int64)
+    img = rng.standard_normal((2, 7, 24)).astype(np.float32) if name == "i2v" else None
+    o, r = run_both(ref, ours, x, t, ctx, img)
+    assert rel_err(o, r) < TOL
