@@ -75,9 +75,10 @@ class WanModelLoader(_SourceNode):
 class WanTextEncoderLoader(_SourceNode):
     CATEGORY = "loaders/wan"
     DESCRIPTION = ("Loads the UMT5 text encoder and its tokenizer of a Wan pipeline, or an encoder file with "
-                   "transformers' key names (ComfyUI's umt5_xxl_fp16 / fp8_e4m3fn_scaled) plus a tokenizer.")
+                   "transformers' key names (ComfyUI's umt5_xxl_fp16 / fp8_e4m3fn_scaled) or Wan's own "
+                   "(models_t5_umt5-xxl-enc-bf16.pth) plus a tokenizer.")
     INPUTS = [Input("source", "STRING", default="tiny",
-                    tooltip=SOURCE_TIP + " Or a UMT5 encoder .safetensors file."),
+                    tooltip=SOURCE_TIP + " Or a UMT5 encoder .safetensors / .pth file."),
               Input("dtype", DTYPES, default="float32"),
               Input("tokenizer_source", "STRING", default="", optional=True,
                     tooltip="Where the tokenizer comes from: a pipeline folder or hub repo id with a tokenizer/ "
@@ -98,8 +99,9 @@ class WanTextEncoderLoader(_SourceNode):
 class WanVAELoader(_SourceNode):
     CATEGORY = "loaders/wan"
     DESCRIPTION = ("Loads the VAE (Wan2.1 or Wan2.2, from its config) of a Wan pipeline, or a Wan VAE file "
-                   "with the original / ComfyUI key names (wan_2.1_vae / wan2.2_vae .safetensors).")
-    INPUTS = [Input("source", "STRING", default="tiny", tooltip=SOURCE_TIP + " Or a Wan2.1 / Wan2.2 VAE .safetensors file."),
+                   "with the original / ComfyUI key names (Wan2.1_VAE.pth, wan_2.1_vae / wan2.2_vae .safetensors).")
+    INPUTS = [Input("source", "STRING", default="tiny",
+                    tooltip=SOURCE_TIP + " Or a Wan2.1 / Wan2.2 VAE .safetensors / .pth file."),
               Input("dtype", DTYPES, default="float32")]
     OUTPUTS = [Output("vae", "VAE")]
 

@@ -84,17 +84,23 @@ def load_vae(path_or_repo: str | os.PathLike, subfolder: str | None = "vae", dty
 
 def load_text_encoder(path_or_repo: str | os.PathLike, subfolder: str | None = "text_encoder", dtype="float32",
                       config: dict | None = None):
-    """The UMT5 encoder, from its folder or from one `.safetensors` file with transformers' key names
-    (ComfyUI's umt5_xxl files, fp16 / fp8 / fp8_scaled), config inferred when no config.json is beside it."""
-    from .single_file import OriginalCheckpoint, infer_umt5_config, is_umt5_file
+    """The UMT5 encoder, from its folder or from one file: transformers' key names (ComfyUI's umt5_xxl
+    files, fp16 / fp8 / fp8_scaled) or Wan's own (`models_t5_umt5-xxl-enc-bf16.pth`), config inferred
+    when no config.json is beside it."""
+    from .single_file import (OriginalCheckpoint, infer_umt5_config, infer_wan_t5_config, is_umt5_file,
+                              is_wan_t5_file, wan_t5_key)
     from .umt5 import UMT5EncoderModel
     path = resolve(path_or_repo, subfolder)
     if path.is_file() and config is None and not (path.parent / "config.json").exists():
         raw = open_checkpoint(path, UMT5EncoderModel.WEIGHTS_NAME)
-        if not is_umt5_file(raw.keys()):
-            raise CheckpointError(f"{path} is not a UMT5 encoder (no 'encoder.block.0.layer.0.SelfAttention.q.weight' "
-                                  f"key) and has no config.json beside it; first keys: {sorted(raw.keys())[:5]}")
         ckpt = OriginalCheckpoint(raw, "")
+        if is_wan_t5_file(raw.keys()):
+            return _load(UMT5EncoderModel, path_or_repo, subfolder, dtype, infer_wan_t5_config(ckpt), ckpt=ckpt,
+                         key_map=wan_t5_key)
+        if not is_umt5_file(raw.keys()):
+            raise CheckpointError(f"{path} is not a UMT5 encoder (neither transformers' "
+                                  "'encoder.block.0.layer.0.SelfAttention.q.weight' nor Wan's 'blocks.0.attn.q.weight' "
+                                  f"key) and has no config.json beside it; first keys: {sorted(raw.keys())[:5]}")
         return _load(UMT5EncoderModel, path_or_repo, subfolder, dtype, infer_umt5_config(ckpt), ckpt=ckpt)
     return _load(UMT5EncoderModel, path_or_repo, subfolder, dtype, config)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .torch_pickle import is_torch_file
 from .weights import Checkpoint
 
 PREFIXES = ("model.diffusion_model.", "diffusion_model.")
@@ -78,7 +79,7 @@ def strip_prefix(keys) -> str:
 
 def is_original_format(path) -> bool:
     p = Path(path)
-    if not (p.is_file() and p.suffix == ".safetensors"):
+    if not (p.is_file() and (p.suffix == ".safetensors" or is_torch_file(p))):
         return False
     return strip_prefix(Checkpoint([p]).keys()) is not None
 
@@ -302,3 +303,50 @@ def infer_umt5_config(ckpt: OriginalCheckpoint) -> dict:
             "relative_attention_max_distance": 128, "layer_norm_epsilon": 1e-6, "vocab_size": vocab,
             "feed_forward_proj": "gated-gelu", "dense_act_fn": "gelu_new", "is_gated_act": True,
             "pad_token_id": 0, "eos_token_id": 1}
+
+
+# ---- Wan-AI's own UMT5 file (`models_t5_umt5-xxl-enc-bf16.pth`: the module names of Wan's t5.py) ----------
+
+WAN_T5_MARKER = "blocks.0.attn.q.weight"
+_WAN_T5_BLOCK = [   # transformers' name after `encoder.block.{i}.` -> Wan's after `blocks.{i}.`
+    ("layer.0.layer_norm.", "norm1."),
+    ("layer.0.SelfAttention.relative_attention_bias.", "pos_embedding.embedding."),
+    ("layer.0.SelfAttention.", "attn."),
+    ("layer.1.layer_norm.", "norm2."),
+    ("layer.1.DenseReluDense.wi_0.", "ffn.gate.0."),   # the GELU-gated branch
+    ("layer.1.DenseReluDense.wi_1.", "ffn.fc1."),
+    ("layer.1.DenseReluDense.wo.", "ffn.fc2."),
+]
+
+
+def is_wan_t5_file(keys) -> bool:
+    keys = set(keys)
+    return WAN_T5_MARKER in keys and "token_embedding.weight" in keys
+
+
+def wan_t5_key(name: str) -> str:
+    """Our (transformers') UMT5 parameter name -> its key in Wan's T5 encoder checkpoint."""
+    if name == "shared.weight":
+        return "token_embedding.weight"
+    if name == "encoder.final_layer_norm.weight":
+        return "norm.weight"
+    m = re.match(r"encoder\.block\.(\d+)\.(.*)$", name)
+    if m:
+        for ours, theirs in _WAN_T5_BLOCK:
+            if m.group(2).startswith(ours):
+                return f"blocks.{m.group(1)}.{theirs}{m.group(2)[len(ours):]}"
+    return name
+
+
+def infer_wan_t5_config(ckpt) -> dict:
+    """The UMT5 config of a Wan T5 encoder file, from its tensor shapes."""
+    keys = set(ckpt.keys())
+    vocab, d_model = ckpt.shape("token_embedding.weight")
+    buckets, heads = ckpt.shape("blocks.0.pos_embedding.embedding.weight")
+    return {"architectures": ["UMT5EncoderModel"], "model_type": "umt5", "d_model": d_model,
+            "d_kv": ckpt.shape(WAN_T5_MARKER)[0] // heads, "num_heads": heads,
+            "d_ff": ckpt.shape("blocks.0.ffn.fc1.weight")[0], "num_layers": _count(keys, r"^blocks\.(\d+)\."),
+            "relative_attention_num_buckets": buckets, "relative_attention_max_distance": 128,
+            "layer_norm_epsilon": 1e-6, "vocab_size": vocab, "feed_forward_proj": "gated-gelu",
+            "dense_act_fn": "gelu_new", "is_gated_act": True, "pad_token_id": 0, "eos_token_id": 1}
+

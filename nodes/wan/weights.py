@@ -17,13 +17,15 @@ import mindspore as ms
 
 from .runtime import to_ms_dtype
 from .safetensors_io import CheckpointError, SafetensorsFile
+from .torch_pickle import TorchPickleFile, is_torch_file
 
 
 class Checkpoint:
-    """All tensors of one component, possibly spread over shards; lazy."""
+    """All tensors of one component, possibly spread over shards; lazy. Files are safetensors, or
+    PyTorch checkpoints (`.pth` and the like, read without torch by `torch_pickle`)."""
 
     def __init__(self, files: Iterable[Path]):
-        self.files = [SafetensorsFile(p) for p in files]
+        self.files = [TorchPickleFile(p) if is_torch_file(p) else SafetensorsFile(p) for p in files]
         self._where: dict[str, SafetensorsFile] = {}
         for f in self.files:
             for k in f.keys():

@@ -208,8 +208,9 @@ VAE_CONFIG = dict(base_dim=8, z_dim=4, dim_mult=[1, 2, 4, 4], num_res_blocks=2, 
                   temperal_downsample=[False, True, True], latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
 
 
-@pytest.mark.parametrize("prefix", ["", "first_stage_model."])
-def test_original_vae_single_file_matches_diffusers(tmp_path, prefix):
+@pytest.mark.parametrize("prefix, fmt", [("", "safetensors"), ("first_stage_model.", "safetensors"), ("", "pth")])
+def test_original_vae_single_file_matches_diffusers(tmp_path, prefix, fmt):
+    """ComfyUI's wan_2.1_vae.safetensors, or Wan-AI's Wan2.1_VAE.pth (a torch.save zip, read without torch)."""
     from diffusers import AutoencoderKLWan
     from nodes.wan import load_vae
     from nodes.wan.single_file import vae_key_map
@@ -223,10 +224,14 @@ def test_original_vae_single_file_matches_diffusers(tmp_path, prefix):
     key = vae_key_map(VAE_CONFIG["num_res_blocks"])
     sd = {prefix + key(k): v.contiguous() for k, v in ref.state_dict().items()}
     assert len(set(sd)) == len(sd)
-    path = tmp_path / "wan_2.1_vae.safetensors"
-    torch_save_file(sd, str(path))
+    if fmt == "pth":
+        path = tmp_path / "Wan2.1_VAE.pth"
+        torch.save(sd, path)
+    else:
+        path = tmp_path / "wan_2.1_vae.safetensors"
+        torch_save_file(sd, str(path))
 
-    if not prefix:  # diffusers' converter reads this file back to the same weights
+    if not prefix and fmt == "safetensors":  # diffusers' converter reads this file back to the same weights
         back = AutoencoderKLWan.from_single_file(str(path), config=str(folder), local_files_only=True).state_dict()
         for k, v in ref.state_dict().items():
             assert torch.equal(back[k], v), f"diffusers reads {k} differently: our VAE key map is wrong"
@@ -264,9 +269,18 @@ def test_vae_loader_node_takes_a_single_file(tmp_path):
     assert vae.config["z_dim"] == 4
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_umt5_single_file_with_tokenizer_from_a_pipeline(tmp_path, dtype):
-    """ComfyUI's umt5_xxl_* files: transformers' names, no config; the tokenizer from a pipeline folder."""
+# Wan2.1's wan/modules/t5.py module names (T5Encoder, shared_pos=False), as in models_t5_umt5-xxl-enc-bf16.pth.
+WAN_T5_NAMES = {"token_embedding.weight", "norm.weight", "blocks.0.norm1.weight", "blocks.0.attn.q.weight",
+                "blocks.0.attn.k.weight", "blocks.0.attn.v.weight", "blocks.0.attn.o.weight", "blocks.0.norm2.weight",
+                "blocks.0.ffn.gate.0.weight", "blocks.0.ffn.fc1.weight", "blocks.0.ffn.fc2.weight",
+                "blocks.0.pos_embedding.embedding.weight", "blocks.1.pos_embedding.embedding.weight"}
+
+
+@pytest.mark.parametrize("dtype, layout", [(torch.float32, "comfy"), (torch.float16, "comfy"), (torch.bfloat16, "wan")])
+def test_umt5_single_file_with_tokenizer_from_a_pipeline(tmp_path, dtype, layout):
+    """ComfyUI's umt5_xxl_* files (transformers' names) or Wan-AI's models_t5_umt5-xxl-enc-bf16.pth (Wan's
+    names, a torch.save zip): no config; the tokenizer from a pipeline folder."""
+    from nodes.wan.single_file import wan_t5_key
     from graphrt import Executor, GraphBuilder
     from graphrt.registry import load_node_packs
     from tests.wan.reference import build_tiny_wan_pipeline
@@ -278,8 +292,15 @@ def test_umt5_single_file_with_tokenizer_from_a_pipeline(tmp_path, dtype):
     with torch.no_grad():
         for p in enc.parameters():   # the reference runs on the values the file holds
             p.copy_(p.to(dtype).float())
-    torch_save_file({k: v.to(dtype).contiguous() for k, v in enc.state_dict().items()
-                     if k != "encoder.embed_tokens.weight"}, str(path))
+    sd = {k: v.to(dtype).contiguous() for k, v in enc.state_dict().items() if k != "encoder.embed_tokens.weight"}
+    if layout == "wan":
+        sd = {wan_t5_key(k): v for k, v in sd.items()}
+        assert set(sd) == WAN_T5_NAMES | {k.replace("blocks.0.", f"blocks.{i}.") for k in WAN_T5_NAMES
+                                          for i in range(enc.config.num_layers) if k.startswith("blocks.0.")}
+        path = path.with_name("models_t5_umt5-xxl-enc-bf16.pth")
+        torch.save(sd, path)
+    else:
+        torch_save_file(sd, str(path))
     g = GraphBuilder()
     te = g.node("WanTextEncoderLoader", id="te", source=str(path), tokenizer_source=str(tmp_path / "pipe"))
     g.node("WanTextEncode", id="enc", text_encoder=te[0], text="a red fox")

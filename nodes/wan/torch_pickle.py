@@ -1,0 +1,226 @@
+"""Reading PyTorch checkpoints (`.pth` / `.pt` / `.bin` / `.ckpt`, torch.save's zip format) without torch.
+
+Wan-AI's original releases ship the VAE as `Wan2.1_VAE.pth` / `Wan2.2_VAE.pth`.
+torch.save writes a zip archive holding `data.pkl` (a pickle of the state dict)
+and one raw little-endian file per storage under `data/`. The pickle is read
+with an unpickler that knows only the names a state dict uses (tensor and
+parameter rebuilds, storage types, OrderedDict) and refuses everything else, so
+a file cannot run code on load. Tensors are records (storage, dtype, offset,
+shape, strides) and their bytes are read on `get`, one tensor at a time, as
+the safetensors reader does.
+"""
+from __future__ import annotations
+
+import collections
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from .safetensors_io import _FP8, CheckpointError, bf16_bits_to_float32
+
+# torch dtype -> (our dtype name as in safetensors, numpy dtype of the stored bytes)
+_DTYPES = {
+    "float32": ("F32", np.float32), "float16": ("F16", np.float16), "bfloat16": ("BF16", np.uint16),
+    "float64": ("F64", np.float64), "int64": ("I64", np.int64), "int32": ("I32", np.int32),
+    "int16": ("I16", np.int16), "int8": ("I8", np.int8), "uint8": ("U8", np.uint8), "bool": ("BOOL", np.bool_),
+    "float8_e4m3fn": ("F8_E4M3", np.uint8), "float8_e5m2": ("F8_E5M2", np.uint8),
+}
+# Typed storages (torch.FloatStorage, ...) name their dtype; UntypedStorage counts bytes and the
+# tensor (`_rebuild_tensor_v3`, used for dtypes such as fp8) names the dtype.
+_STORAGES = {
+    "FloatStorage": "float32", "HalfStorage": "float16", "BFloat16Storage": "bfloat16", "DoubleStorage": "float64",
+    "LongStorage": "int64", "IntStorage": "int32", "ShortStorage": "int16", "CharStorage": "int8",
+    "ByteStorage": "uint8", "BoolStorage": "bool", "Float8_e4m3fnStorage": "float8_e4m3fn",
+    "Float8_e5m2Storage": "float8_e5m2", "UntypedStorage": "uint8",
+}
+# Wrappers some training scripts save the weights under.
+_WRAPPERS = ("state_dict", "model", "module", "model_state_dict")
+
+
+class _StorageType:
+    def __init__(self, name):
+        self.name = name
+
+
+class _DType:
+    def __init__(self, name):
+        self.name = name
+
+
+class _Storage:
+    def __init__(self, key, storage_type, numel):
+        self.key, self.numel = key, numel
+        self.nbytes = numel * np.dtype(_DTYPES[_STORAGES[storage_type]][1]).itemsize
+        self.dtype = _STORAGES[storage_type]
+
+
+class _TensorRecord:
+    def __init__(self, storage, offset, shape, strides, dtype=None):
+        self.storage, self.offset, self.shape, self.strides = storage, offset, tuple(shape), tuple(strides)
+        self.dtype = dtype or getattr(storage, "dtype", None)
+        # Elements of the storage the tensor reaches, from its offset (0 for an empty tensor).
+        self.span = 1 + sum((n - 1) * s for n, s in zip(self.shape, self.strides)) if all(self.shape) else 0
+
+
+def _rebuild_tensor(storage, storage_offset, size, stride, *_):
+    return _TensorRecord(storage, storage_offset, size, stride)
+
+
+def _rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, hooks, dtype, *_):
+    return _TensorRecord(storage, storage_offset, size, stride, dtype.name if isinstance(dtype, _DType) else None)
+
+
+def _rebuild_parameter(data, *_):
+    return data
+
+
+def _rebuild_parameter_with_state(data, *_):
+    return data
+
+
+_ALLOWED = {
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_tensor_v3"): _rebuild_tensor_v3,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter_with_state,
+}
+
+
+class _Unpickler(pickle.Unpickler):
+    def __init__(self, file, path, records):
+        super().__init__(file)
+        self.path, self.records = path, records
+
+    def find_class(self, module, name):
+        if module in ("torch", "torch.storage") and name in _STORAGES:
+            return _StorageType(name)
+        if module == "torch" and name in _DTYPES:
+            return _DType(name)
+        try:
+            return _ALLOWED[(module, name)]
+        except KeyError:
+            raise CheckpointError(
+                f"{self.path}: refusing to load {module}.{name}: only tensors are read from PyTorch files, and this "
+                "one holds other objects (which could run code); convert it to safetensors where it was made") from None
+
+    def persistent_load(self, pid):
+        # ('storage', storage type, key, location, numel) as torch.save writes it
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], _StorageType)):
+            raise CheckpointError(f"{self.path}: unexpected persistent id {pid!r} in data.pkl")
+        _, storage_type, key, _location, numel = pid
+        return self.records.setdefault(str(key), _Storage(str(key), storage_type.name, int(numel)))
+
+
+def _tensors(obj, path) -> dict:
+    """The state dict inside what was pickled: flat name -> _TensorRecord."""
+    if isinstance(obj, dict):
+        for wrapper in _WRAPPERS:
+            inner = obj.get(wrapper)
+            if isinstance(inner, dict) and any(isinstance(v, _TensorRecord) for v in inner.values()):
+                obj = inner
+                break
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict of tensors")
+    out = {str(k): v for k, v in obj.items() if isinstance(v, _TensorRecord)}
+    if not out:
+        raise CheckpointError(f"{path}: holds no tensors")
+    return out
+
+
+class TorchPickleFile:
+    """Lazy view of one torch.save zip checkpoint, with the interface of `SafetensorsFile`."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.metadata: dict = {}
+        try:
+            with zipfile.ZipFile(self.path) as zf:
+                names = zf.namelist()
+                pkl = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
+                if not pkl:
+                    raise CheckpointError(f"{self.path}: a zip file without data.pkl, not a PyTorch checkpoint")
+                self._root = pkl[0][:-len("data.pkl")]
+                records: dict = {}
+                with zf.open(pkl[0]) as f:
+                    obj = _Unpickler(f, self.path, records).load()
+                self._entries = _tensors(obj, self.path)
+                self._infos = {n: zf.getinfo(n) for n in names}
+        except CheckpointError:
+            raise
+        except zipfile.BadZipFile:
+            with open(self.path, "rb") as f:
+                head = f.read(2)
+            if head[:1] == b"\x80":
+                raise CheckpointError(f"{self.path}: a legacy (pre-1.6) PyTorch pickle; re-save it with a current torch "
+                                      "(torch.save writes the zip format) or convert it to safetensors") from None
+            raise CheckpointError(f"{self.path}: not a PyTorch checkpoint, or truncated (not a readable zip file)") from None
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, KeyError) as e:
+            raise CheckpointError(f"{self.path}: corrupt data.pkl ({type(e).__name__}: {e})") from None
+        for key, rec in self._entries.items():
+            if not isinstance(rec.storage, _Storage) or rec.dtype not in _DTYPES:
+                raise CheckpointError(f"{self.path}: tensor {key!r} has no storage or an unsupported dtype")
+            info = self._infos.get(f"{self._root}data/{rec.storage.key}")
+            itemsize = np.dtype(_DTYPES[rec.dtype][1]).itemsize
+            if info is None or info.file_size < rec.storage.nbytes:
+                raise CheckpointError(f"{self.path}: the storage of tensor {key!r} is missing or short; the file is "
+                                      "truncated or corrupt, download it again")
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise CheckpointError(f"{self.path}: storage of {key!r} is compressed; torch.save never does that")
+            if (rec.offset + rec.span) * itemsize > rec.storage.nbytes:
+                raise CheckpointError(f"{self.path}: tensor {key!r} reaches past the end of its storage")
+
+    def keys(self):
+        return self._entries.keys()
+
+    def __contains__(self, key):
+        return key in self._entries
+
+    def shape(self, key) -> tuple:
+        return self._entries[key].shape
+
+    def dtype(self, key) -> str:
+        return _DTYPES[self._entries[key].dtype][0]
+
+    def get(self, key, widen: bool = True) -> np.ndarray:
+        """The tensor as a contiguous numpy array; BF16 and FP8 widened to float32 (exact) unless `widen=False`
+        (BF16 then comes back as its uint16 bits)."""
+        rec = self._entries[key]
+        name, stored = _DTYPES[rec.dtype]
+        itemsize = np.dtype(stored).itemsize
+        count = rec.span
+        raw = np.empty(count, stored)
+        with zipfile.ZipFile(self.path) as zf, zf.open(f"{self._root}data/{rec.storage.key}") as f:
+            f.seek(rec.offset * itemsize)
+            if f.readinto(memoryview(raw).cast("B")) != raw.nbytes:
+                raise CheckpointError(f"{self.path}: the storage of tensor {key!r} ends early; download it again")
+        strides = tuple(s * itemsize for s in rec.strides)
+        a = np.lib.stride_tricks.as_strided(raw, rec.shape, strides) if count else np.zeros(rec.shape, stored)
+        if not a.flags["C_CONTIGUOUS"]:   # not ascontiguousarray: it turns 0-d into 1-d
+            a = a.copy()
+        if name == "BF16":
+            return bf16_bits_to_float32(a) if widen else a
+        if name in _FP8:
+            return _FP8[name][a]
+        return a
+
+
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+
+
+def is_torch_file(path) -> bool:
+    """A torch.save zip by name or, for other names, by its zip signature."""
+    p = Path(path)
+    if p.suffix.lower() in TORCH_SUFFIXES:
+        return True
+    if p.suffix.lower() == ".safetensors":
+        return False
+    try:
+        with open(p, "rb") as f:
+            return f.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False
