@@ -14,9 +14,11 @@ from .loaders import DTYPES, SOURCE_TIP, _SourceNode
 class WanCLIPVisionLoader(_SourceNode):
     CATEGORY = "loaders/wan"
     DESCRIPTION = ("Loads the CLIP vision tower and its preprocessing (image_encoder/ and image_processor/) of a "
-                   "Wan2.1 I2V or FLF2V pipeline. Wan2.2 models have none and need no CLIP.")
+                   "Wan2.1 I2V or FLF2V pipeline, or one CLIP vision file (Wan-AI's open-clip .pth, ComfyUI's "
+                   "clip_vision_h.safetensors). Wan2.2 models have none and need no CLIP.")
     INPUTS = [Input("source", "STRING", default="Wan-AI/Wan2.1-I2V-14B-480P-Diffusers",
-                    tooltip=SOURCE_TIP.replace("Wan2.1-T2V-1.3B", "Wan2.1-I2V-14B-480P")),
+                    tooltip=SOURCE_TIP.replace("Wan2.1-T2V-1.3B", "Wan2.1-I2V-14B-480P")
+                    + " Or a CLIP vision .pth / .safetensors file."),
               Input("dtype", DTYPES, default="float32")]
     OUTPUTS = [Output("clip_vision", "CLIP_VISION")]
 

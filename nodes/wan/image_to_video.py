@@ -164,10 +164,17 @@ class WanCLIPVision:
 
 
 def load_clip_vision(source, dtype="float32") -> WanCLIPVision:
-    """image_encoder/ and image_processor/ of a pipeline folder or hub repo id."""
+    """image_encoder/ and image_processor/ of a pipeline folder or hub repo id; or one CLIP vision file
+    (Wan-AI's open-clip .pth, ComfyUI's clip_vision_h) with the preprocessing of Wan's diffusers repos:
+    shortest edge and center crop to the tower's image size (224), bicubic, OpenAI mean and std."""
+    from .clip_vision import CLIPImageProcessor
     from .loading import load_image_encoder, load_image_processor
     from .pipeline import resolve_source
     root = resolve_source(source)
+    if root.is_file():
+        encoder = load_image_encoder(root, None, dtype=dtype)
+        side = encoder.cfg["image_size"]
+        return WanCLIPVision(encoder=encoder, processor=CLIPImageProcessor(size=side, crop_size=side))
     return WanCLIPVision(encoder=load_image_encoder(root, "image_encoder", dtype=dtype),
                          processor=load_image_processor(root, "image_processor"))
 

@@ -65,6 +65,14 @@ def badd(x, y):
 _mm = ops.MatMul()
 
 
+def _stats_by_matmul(shape) -> bool:
+    size = 1
+    for n in shape:
+        size *= n
+    # Small tensors are launch-bound (eagerly ~100 µs an op): one kernel beats the matmul's few ops.
+    return runtime.ROW_STATS_BY_MATMUL and size >= TILE_MIN_ELEMENTS
+
+
 def row_mean(x):
     """The mean over the last axis of a float32 tensor, keeping that axis.
 
@@ -72,7 +80,7 @@ def row_mean(x):
     ReduceMean over the last axis takes 1.3 ms at [192, 1536] and 13.5 ms at [1950, 1536]
     under ms.jit, the matmul 4x less. The same sum, rounded differently (within 1e-7).
     """
-    if not runtime.ROW_STATS_BY_MATMUL:
+    if not _stats_by_matmul(x.shape):
         return mint.mean(x, -1, keepdim=True)
     d = x.shape[-1]
     s = _mm(x.reshape(-1, d), ops.ones((d, 1), x.dtype))
@@ -89,7 +97,7 @@ def layer_norm(x, eps: float, weight=None, bias=None):
     affine weight and bias. On CPU from `row_mean` (2-5x faster than the LayerNorm kernel there);
     elsewhere the LayerNorm primitive (mint's has no CPU kernel)."""
     d = x.shape[-1]
-    if not runtime.ROW_STATS_BY_MATMUL:
+    if not _stats_by_matmul(x.shape):
         if weight is None:
             weight, bias = ops.ones((d,), x.dtype), ops.zeros((d,), x.dtype)
         return ops.LayerNorm(-1, -1, eps)(x, weight, bias)[0]

@@ -105,10 +105,24 @@ def load_text_encoder(path_or_repo: str | os.PathLike, subfolder: str | None = "
     return _load(UMT5EncoderModel, path_or_repo, subfolder, dtype, config)
 
 
-def load_image_encoder(path_or_repo: str | os.PathLike, subfolder: str | None = "image_encoder", dtype="float32"):
-    """The CLIP vision tower used by Wan2.1 I2V / FLF2V."""
+def load_image_encoder(path_or_repo: str | os.PathLike, subfolder: str | None = "image_encoder", dtype="float32",
+                       config: dict | None = None):
+    """The CLIP vision tower used by Wan2.1 I2V / FLF2V, from its folder or from one file: Wan-AI's
+    `models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth` (Wan's names) or ComfyUI's
+    `clip_vision_h.safetensors` (transformers'), config inferred when no config.json is beside it."""
     from .clip_vision import CLIPVisionModel
-    return _load(CLIPVisionModel, path_or_repo, subfolder, dtype)
+    from .single_file import clip_vision_checkpoint, infer_clip_vision_config
+    path = resolve(path_or_repo, subfolder)
+    if path.is_file() and not (path.parent / "config.json").exists():
+        raw = open_checkpoint(path, CLIPVisionModel.WEIGHTS_NAME)
+        ckpt = clip_vision_checkpoint(raw)
+        if ckpt is None:
+            raise CheckpointError(f"{path} is not a CLIP vision tower (neither Wan's 'visual.transformer.0.attn.to_qkv."
+                                  "weight' nor transformers' 'vision_model.embeddings.class_embedding' key) and has no "
+                                  f"config.json beside it; first keys: {sorted(raw.keys())[:5]}")
+        return _load(CLIPVisionModel, path_or_repo, subfolder, dtype, config or infer_clip_vision_config(ckpt),
+                     ckpt=ckpt)
+    return _load(CLIPVisionModel, path_or_repo, subfolder, dtype, config)
 
 
 def load_tokenizer(path_or_repo: str | os.PathLike, subfolder: str | None = "tokenizer"):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .safetensors_io import CheckpointError
 from .torch_pickle import is_torch_file
 from .weights import Checkpoint
 
@@ -349,4 +350,88 @@ def infer_wan_t5_config(ckpt) -> dict:
             "relative_attention_num_buckets": buckets, "relative_attention_max_distance": 128,
             "layer_norm_epsilon": 1e-6, "vocab_size": vocab, "feed_forward_proj": "gated-gelu",
             "dense_act_fn": "gelu_new", "is_gated_act": True, "pad_token_id": 0, "eos_token_id": 1}
+
+
+# ---- CLIP vision files: Wan-AI's models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth (the module names
+#      of Wan's clip.py; its text tower is not used) and ComfyUI's clip_vision_h.safetensors (transformers') ----
+
+WAN_CLIP_MARKER = "visual.transformer.0.attn.to_qkv.weight"
+HF_CLIP_MARKER = "vision_model.embeddings.class_embedding"
+_WAN_CLIP_LAYER = [("layer_norm1.", "norm1."), ("self_attn.out_proj.", "attn.proj."), ("layer_norm2.", "norm2."),
+                   ("mlp.fc1.", "mlp.0."), ("mlp.fc2.", "mlp.2.")]
+
+
+class WanClipCheckpoint:
+    """Wan's CLIP checkpoint seen under transformers' CLIPVisionModel names: the fused `to_qkv` read as
+    q, k and v (its output rows in that order), the class and position embeddings without their
+    leading 1-dims. Still one tensor at a time."""
+
+    def __init__(self, ckpt):
+        self.ckpt = ckpt
+        self._src = {}   # our name -> (Wan key, third of to_qkv or None)
+        v = "vision_model."
+        self._src[v + "embeddings.patch_embedding.weight"] = ("visual.patch_embedding.weight", None)
+        self._src[v + "embeddings.class_embedding"] = ("visual.cls_embedding", None)
+        self._src[v + "embeddings.position_embedding.weight"] = ("visual.pos_embedding", None)
+        for ours, theirs in (("pre_layrnorm", "pre_norm"), ("post_layernorm", "post_norm")):
+            for p in ("weight", "bias"):
+                self._src[f"{v}{ours}.{p}"] = (f"visual.{theirs}.{p}", None)
+        for i in range(_count(ckpt.keys(), r"^visual\.transformer\.(\d+)\.")):
+            ours, theirs = f"{v}encoder.layers.{i}.", f"visual.transformer.{i}."
+            for p in ("weight", "bias"):
+                for part, proj in enumerate(("q_proj", "k_proj", "v_proj")):
+                    self._src[f"{ours}self_attn.{proj}.{p}"] = (f"{theirs}attn.to_qkv.{p}", part)
+                for a, b in _WAN_CLIP_LAYER:
+                    self._src[f"{ours}{a}{p}"] = (f"{theirs}{b}{p}", None)
+        missing = [k for k, _ in self._src.values() if k not in ckpt]
+        if missing:
+            where = getattr(getattr(ckpt, "files", [None])[0], "path", "checkpoint")
+            raise CheckpointError(f"{where}: not a complete Wan CLIP checkpoint, missing {missing[:3]}")
+
+    def keys(self):
+        return self._src.keys()
+
+    def __contains__(self, key):
+        return key in self._src
+
+    def shape(self, key):
+        src, part = self._src[key]
+        shape = tuple(self.ckpt.shape(src))
+        if part is not None:
+            return (shape[0] // 3,) + shape[1:]
+        if src == "visual.cls_embedding":    # [1, 1, D]
+            return shape[-1:]
+        return shape[1:] if src == "visual.pos_embedding" else shape   # [1, L, D]
+
+    def get(self, key) -> np.ndarray:
+        src, part = self._src[key]
+        arr = self.ckpt.get(src)
+        if part is not None:
+            n = arr.shape[0] // 3
+            return np.ascontiguousarray(arr[part * n:(part + 1) * n])
+        return arr.reshape(self.shape(key))
+
+
+def clip_vision_checkpoint(raw):
+    """A CLIP vision file under transformers' names, or None if it is neither layout."""
+    keys = set(raw.keys())
+    if WAN_CLIP_MARKER in keys:
+        return WanClipCheckpoint(raw)
+    return raw if HF_CLIP_MARKER in keys else None
+
+
+def infer_clip_vision_config(ckpt) -> dict:
+    """A CLIPVisionModel config from transformers-named tensors. The head count is not in any shape:
+    16 for a 1,280-wide tower (ViT-H/14, the one Wan uses), else 64-wide heads (ViT-B and ViT-L)."""
+    hidden, _, patch, _ = ckpt.shape("vision_model.embeddings.patch_embedding.weight")
+    positions = ckpt.shape("vision_model.embeddings.position_embedding.weight")[0]
+    side = int(round((positions - 1) ** 0.5))
+    if side * side != positions - 1:
+        raise CheckpointError(f"CLIP position embedding of {positions} rows is not 1 + a square grid")
+    keys = set(ckpt.keys())
+    return {"hidden_size": hidden, "patch_size": patch, "image_size": side * patch,
+            "num_hidden_layers": _count(keys, r"^vision_model\.encoder\.layers\.(\d+)\."),
+            "intermediate_size": ckpt.shape("vision_model.encoder.layers.0.mlp.fc1.weight")[0],
+            "num_attention_heads": 16 if hidden == 1280 else hidden // 64, "num_channels": 3,
+            "hidden_act": "gelu", "layer_norm_eps": 1e-5}
 

@@ -236,11 +236,13 @@ def test_vace_matches_diffusers(vace, control_frames, scale):
 
 @pytest.mark.parametrize("name", ["t2v", "i2v", "ti2v"])
 def test_tiled_broadcasts_match_diffusers(models, monkeypatch, name):
-    """The CPU path that tiles broadcast operands (used at real sizes) forced on at toy sizes."""
+    """The CPU path at real sizes forced on at toy sizes: broadcast operands tiled, row statistics
+    (LayerNorm, RMSNorm) as matmuls."""
     import nodes.wan.layers as layers
     monkeypatch.setattr(layers, "TILE_MIN_ELEMENTS", 0)
     monkeypatch.setattr(layers, "TILE_BROADCASTS", True)
     ref, ours, _ = models[name]
+    monkeypatch.setattr(ours, "_jit_blocks", None)   # eager: a compiled graph keeps the path it was traced with
     x, ctx, rng = inputs(CONFIGS[name])
     t = np.array([999, 421], np.int64)
     img = rng.standard_normal((2, 7, 24)).astype(np.float32) if name == "i2v" else None
@@ -272,6 +274,7 @@ def test_row_statistics_match_torch(monkeypatch, by_matmul, shape):
     import nodes.wan.layers as layers
     import nodes.wan.runtime as runtime
     monkeypatch.setattr(runtime, "ROW_STATS_BY_MATMUL", by_matmul)
+    monkeypatch.setattr(layers, "TILE_MIN_ELEMENTS", 0)   # toy sizes take the path of real ones
     rng = np.random.default_rng(1)
     x = (rng.standard_normal(shape) * 3 + 1.5).astype(np.float32)   # an offset mean tests the centring
     w, b = rng.standard_normal(shape[-1]).astype(np.float32), rng.standard_normal(shape[-1]).astype(np.float32)
