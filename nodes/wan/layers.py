@@ -29,7 +29,16 @@ def broadcast_shape(a, b) -> tuple:
     return tuple([max(i, j) for i, j in zip(a, b)])
 
 
+# Below this many elements the CPU workarounds here (tiling, matmul statistics) cost more in op
+# launches (eagerly ~100 µs each) than they save: small tensors take the plain kernel.
 TILE_MIN_ELEMENTS = 1 << 16
+
+
+def _numel(shape) -> int:
+    size = 1
+    for n in shape:
+        size *= n
+    return size
 
 
 def expand_to(y, shape):
@@ -39,12 +48,7 @@ def expand_to(y, shape):
     x * w[1536] takes 24–54 ms eagerly and 15 ms under ms.jit, while tiling w and
     multiplying same-shape tensors takes 8 and 9 ms. The float ops are the same.
     """
-    if not TILE_BROADCASTS or tuple(y.shape) == tuple(shape):
-        return y
-    size = 1
-    for n in shape:
-        size *= n
-    if size < TILE_MIN_ELEMENTS:  # small tensors are launch-bound: an extra tile op would cost more
+    if not TILE_BROADCASTS or tuple(y.shape) == tuple(shape) or _numel(shape) < TILE_MIN_ELEMENTS:
         return y
     full = (1,) * (len(shape) - y.ndim) + tuple(y.shape)
     return ops.tile(y.reshape(full), tuple([s // d for s, d in zip(shape, full)]))
@@ -66,11 +70,7 @@ _mm = ops.MatMul()
 
 
 def _stats_by_matmul(shape) -> bool:
-    size = 1
-    for n in shape:
-        size *= n
-    # Small tensors are launch-bound (eagerly ~100 µs an op): one kernel beats the matmul's few ops.
-    return runtime.ROW_STATS_BY_MATMUL and size >= TILE_MIN_ELEMENTS
+    return runtime.ROW_STATS_BY_MATMUL and _numel(shape) >= TILE_MIN_ELEMENTS
 
 
 def row_mean(x):
@@ -95,7 +95,7 @@ def rms_normalize(x, eps: float):
 def layer_norm(x, eps: float, weight=None, bias=None):
     """torch's layer_norm over the last axis of a float32 x (biased variance), with an optional
     affine weight and bias. On CPU from `row_mean` (2-5x faster than the LayerNorm kernel there);
-    elsewhere the LayerNorm primitive (mint's has no CPU kernel)."""
+    elsewhere, and for small tensors, the LayerNorm primitive (mint's has no CPU kernel)."""
     d = x.shape[-1]
     if not _stats_by_matmul(x.shape):
         if weight is None:

@@ -147,7 +147,11 @@ def unpack_weights(w, image_branch: bool, cross_attn_norm: bool):
 def make_block_fn(heads: int, eps: float, cross_attn_norm: bool, image_branch: bool, fused: bool,
                   ffn_outside: bool = False):
     """The whole block as one function (x, context, temb, cos, sin, rot, *weights) -> x; with
-    `ffn_outside`, -> (x in float32, FFN input, modulation) for `finish_on_cpu`."""
+    `ffn_outside`, -> (x in float32, FFN input, modulation) for `finish_on_cpu`.
+
+    Taking the weights as arguments lets one `ms.jit` graph serve every block: it compiles once per
+    input shape, and each call frees its intermediates (one graph over all blocks would keep every
+    block's activations alive)."""
     # Plain closures: graph mode cannot read functions off a namedtuple.
     pre_attention, self_attention, post_self_attention, cross_attention, pre_ffn = block_stages(
         heads, eps, cross_attn_norm, fused)
