@@ -368,6 +368,7 @@ class WanClipCheckpoint:
 
     def __init__(self, ckpt):
         self.ckpt = ckpt
+        self._last = (None, None)   # the last to_qkv read
         self._src = {}   # our name -> (Wan key, third of to_qkv or None)
         v = "vision_model."
         self._src[v + "embeddings.patch_embedding.weight"] = ("visual.patch_embedding.weight", None)
@@ -405,8 +406,12 @@ class WanClipCheckpoint:
 
     def get(self, key) -> np.ndarray:
         src, part = self._src[key]
-        arr = self.ckpt.get(src)
-        if part is not None:
+        if part is None:
+            arr = self.ckpt.get(src)
+        else:   # q, k, v are read one after another: to_qkv is read once for the three
+            if self._last[0] != src:
+                self._last = (src, self.ckpt.get(src))
+            arr = self._last[1]
             n = arr.shape[0] // 3
             return np.ascontiguousarray(arr[part * n:(part + 1) * n])
         return arr.reshape(self.shape(key))
