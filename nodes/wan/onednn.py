@@ -452,16 +452,21 @@ PLAN_CACHE_SIZE = 128
 _plans = collections.OrderedDict()
 
 
-def _plan(key):
+def _cached(cache, key, make):
+    """cache[key], made by make() on a miss; least recently used entries beyond PLAN_CACHE_SIZE dropped."""
     with _lock:
-        plan = _plans.get(key)
+        plan = cache.get(key)
         if plan is None:
-            plan = _plans[key] = _ConvPlan(*key)
-            while len(_plans) > PLAN_CACHE_SIZE:
-                _plans.popitem(last=False)
+            plan = cache[key] = make()
+            while len(cache) > PLAN_CACHE_SIZE:
+                cache.popitem(last=False)
         else:
-            _plans.move_to_end(key)
+            cache.move_to_end(key)
         return plan
+
+
+def _plan(key):
+    return _cached(_plans, key, lambda: _ConvPlan(*key))
 
 
 def _numpy(t):
@@ -565,15 +570,7 @@ _eltwise_plans = collections.OrderedDict()
 
 def _eltwise(key):
     """The cached `_Eltwise` for (rows, cols, alg, part): one per part, as parts run concurrently."""
-    with _lock:
-        plan = _eltwise_plans.get(key)
-        if plan is None:
-            plan = _eltwise_plans[key] = _Eltwise(*key[:3])
-            while len(_eltwise_plans) > PLAN_CACHE_SIZE:
-                _eltwise_plans.popitem(last=False)
-        else:
-            _eltwise_plans.move_to_end(key)
-        return plan
+    return _cached(_eltwise_plans, key, lambda: _Eltwise(*key[:3]))
 
 
 def feed_forward(x, w1, b1, w2, b2, activation="gelu_tanh"):
