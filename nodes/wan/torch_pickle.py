@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import os
 import pickle
+import struct
 import zipfile
 from pathlib import Path
 
@@ -53,6 +54,7 @@ class _DType:
 class _Storage:
     def __init__(self, key, storage_type, numel):
         self.key, self.numel = key, numel
+        self.data_offset = 0   # of its bytes in the file, set once the zip's entries are known
         self.nbytes = numel * np.dtype(_DTYPES[_STORAGES[storage_type]][1]).itemsize
         self.dtype = _STORAGES[storage_type]
 
@@ -171,8 +173,20 @@ class TorchPickleFile:
                                       "truncated or corrupt, download it again")
             if info.compress_type != zipfile.ZIP_STORED:
                 raise CheckpointError(f"{self.path}: storage of {key!r} is compressed; torch.save never does that")
+            rec.storage.data_offset = self._data_offset(info)
             if (rec.offset + rec.span) * itemsize > rec.storage.nbytes:
                 raise CheckpointError(f"{self.path}: tensor {key!r} reaches past the end of its storage")
+
+    def _data_offset(self, info) -> int:
+        """Where a stored (uncompressed) member's bytes start: after its local header, whose name and
+        extra field lengths may differ from the central directory's."""
+        with open(self.path, "rb") as f:
+            f.seek(info.header_offset)
+            header = f.read(30)
+        if len(header) < 30 or header[:4] != b"PK\x03\x04":
+            raise CheckpointError(f"{self.path}: corrupt zip entry {info.filename}")
+        name_len, extra_len = struct.unpack("<HH", header[26:30])
+        return info.header_offset + 30 + name_len + extra_len
 
     def keys(self):
         return self._entries.keys()
@@ -193,11 +207,11 @@ class TorchPickleFile:
         name, stored = _DTYPES[rec.dtype]
         itemsize = np.dtype(stored).itemsize
         count = rec.span
-        raw = np.empty(count, stored)
-        with zipfile.ZipFile(self.path) as zf, zf.open(f"{self._root}data/{rec.storage.key}") as f:
-            f.seek(rec.offset * itemsize)
-            if f.readinto(memoryview(raw).cast("B")) != raw.nbytes:
-                raise CheckpointError(f"{self.path}: the storage of tensor {key!r} ends early; download it again")
+        # Plain reads at the member's offset (members are stored uncompressed), as for safetensors:
+        # 4.5x faster than reading through zipfile, which also checksums every byte (512 MB: 0.24 s vs 1.07 s).
+        raw = np.fromfile(self.path, dtype=stored, count=count, offset=rec.storage.data_offset + rec.offset * itemsize)
+        if raw.size != count:
+            raise CheckpointError(f"{self.path}: the storage of tensor {key!r} ends early; download it again")
         strides = tuple(s * itemsize for s in rec.strides)
         a = np.lib.stride_tricks.as_strided(raw, rec.shape, strides) if count else np.zeros(rec.shape, stored)
         if not a.flags["C_CONTIGUOUS"]:   # not ascontiguousarray: it turns 0-d into 1-d

@@ -26,7 +26,7 @@ class Checkpoint:
 
     def __init__(self, files: Iterable[Path]):
         self.files = [TorchPickleFile(p) if is_torch_file(p) else SafetensorsFile(p) for p in files]
-        self._where: dict[str, SafetensorsFile] = {}
+        self._where: dict[str, SafetensorsFile | TorchPickleFile] = {}
         for f in self.files:
             for k in f.keys():
                 self._where[k] = f
