@@ -98,7 +98,7 @@ def main():
         return
     import numpy as np
     from tests.wan.reference import build_tiny_wan_pipeline
-    from nodes.wan.noise import make_noise
+    from nodes.wan.pipelines.noise import make_noise
     tmp = Path(tempfile.mkdtemp())
     atexit.register(shutil.rmtree, tmp, True)
     build_tiny_wan_pipeline(tmp / "pipe")

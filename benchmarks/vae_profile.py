@@ -44,7 +44,7 @@ def main():
         ms.runtime.launch_blocking()
     if args.dispatch:
         ms.runtime.dispatch_threads_num(args.dispatch)
-    from nodes.wan import vae as vae_mod
+    from nodes.wan.models import vae as vae_mod
     vae = vae_mod.AutoencoderKLWan()
     rng = np.random.default_rng(0)
     for p in vae.get_parameters():

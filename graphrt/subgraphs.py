@@ -22,7 +22,7 @@ The result is an ordinary flat UI graph (node and link ids become strings) for
 from __future__ import annotations
 
 from .errors import ValidationError, WorkflowError
-from .ui_format import BYPASS, MUTED, link_rows
+from .ui_links import BYPASS, MUTED, link_rows
 
 INPUT_NODE_ID, OUTPUT_NODE_ID = -10, -20
 

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 from .errors import ValidationError, WorkflowError
 from .registry import get_node_class
+from .subgraphs import flatten, has_subgraphs
+from .ui_links import BYPASS, MUTED, link_rows
 
-MUTED, BYPASS = 2, 4
 NOTES = ("Note", "MarkdownNote")
 SEED_CONTROL = ("randomize", "fixed", "increment", "decrement")
 SEED_NAMES = ("seed", "noise_seed")
@@ -37,21 +38,8 @@ def _id_order(node_id):
     return tuple(int(p) if p.lstrip("-").isdigit() else 0 for p in str(node_id).split(":"))
 
 
-def link_rows(links) -> dict:
-    """{link id: (origin id, origin slot, target id, target slot, type)} from a UI file's links (lists or objects)."""
-    out = {}
-    for link in links or []:
-        if isinstance(link, dict):
-            out[link["id"]] = (link["origin_id"], link["origin_slot"], link["target_id"], link["target_slot"],
-                               link.get("type"))
-        else:
-            out[link[0]] = tuple(link[1:6])
-    return out
-
-
 def ui_to_api(data: dict, source: str | None = None) -> dict:
     """The API-format dict of a UI-format workflow; raises WorkflowError naming each bad node."""
-    from .subgraphs import flatten, has_subgraphs   # subgraphs builds on this module
     if has_subgraphs(data):
         data = flatten(data, source)
     nodes = {n["id"]: n for n in data["nodes"]}

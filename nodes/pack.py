@@ -1,2 +1,3 @@
 """Importing this module registers every Wan node type with graphrt."""
-from . import conditioning, image_to_video, io, latents, loaders, sampling, vace, vae  # noqa: F401
+from . import (image_nodes, io_nodes, latent_nodes, loader_nodes, sampler_nodes, text_nodes,  # noqa: F401
+               vace_nodes, vae_nodes)

@@ -21,7 +21,7 @@ def build_tiny_wan_pipeline(folder: Path, scheduler: str = "unipc", shift: float
                            WanPipeline, WanTransformer3DModel)
     from transformers import T5TokenizerFast, UMT5Config, UMT5EncoderModel
 
-    from nodes.wan.presets import _write_tokenizer
+    from nodes.wan.checkpoints.presets import _write_tokenizer
 
     folder = Path(folder)
     tok_dir = folder.parent / f"{folder.name}-tokenizer-src"
@@ -64,7 +64,7 @@ def _tiny_tokenizer_and_encoder(folder: Path, seed: int):
     import torch
     from transformers import T5TokenizerFast, UMT5Config, UMT5EncoderModel
 
-    from nodes.wan.presets import _write_tokenizer
+    from nodes.wan.checkpoints.presets import _write_tokenizer
 
     tok_dir = folder.parent / f"{folder.name}-tokenizer-src"
     vocab = _write_tokenizer(tok_dir)

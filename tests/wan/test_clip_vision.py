@@ -125,7 +125,7 @@ def test_single_file_clip_vision_matches_transformers(tmp_path, layout):
 
     # What WanCLIPVisionLoader does with a file: the tower plus the diffusers repos' preprocessing at its size.
     from transformers import CLIPImageProcessor as RefProc
-    from nodes.wan.image_to_video import load_clip_vision
+    from nodes.wan import load_clip_vision
     image = np.random.default_rng(4).integers(0, 256, (20, 30, 3), dtype=np.uint8)
     proc = RefProc(size={"shortest_edge": 12}, crop_size={"height": 12, "width": 12}, do_center_crop=True, resample=3,
                    image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711])
@@ -137,7 +137,7 @@ def test_single_file_clip_vision_matches_transformers(tmp_path, layout):
 
 
 def test_single_file_of_another_kind_is_refused(tmp_path):
-    from nodes.wan.safetensors_io import CheckpointError
+    from nodes.wan.checkpoints.safetensors_io import CheckpointError
     path = tmp_path / "not_clip.pth"
     torch.save({"weight": torch.zeros(2)}, path)
     with pytest.raises(CheckpointError, match="not a CLIP vision tower"):

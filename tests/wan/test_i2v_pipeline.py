@@ -14,7 +14,7 @@ from graphrt.registry import load_node_packs
 from tests.wan.parity import rel_err
 from tests.wan.reference import build_tiny_wan_i2v_pipeline, reference_i2v_frames
 
-from nodes.wan.noise import make_noise
+from nodes.wan.pipelines.noise import make_noise
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPT, NEGATIVE = "a red fox running in the snow", "blurry, static"
@@ -141,9 +141,9 @@ def _check(ours, ref, kind):
 @pytest.mark.parametrize("cfg_batch", [True, False])
 def test_wan21_i2v_matches_diffusers(wan21, images, tmp_path, monkeypatch, cfg_batch):
     """CFG with a negative prompt; CLIP tokens of the start image; both CFG layouts (batched / two passes)."""
-    import nodes.wan.sampling
+    import nodes.wan.pipelines.sampling
     if not cfg_batch:
-        monkeypatch.setattr(nodes.wan.sampling, "CFG_BATCH_MAX_TOKENS", 0)
+        monkeypatch.setattr(nodes.wan.pipelines.sampling, "CFG_BATCH_MAX_TOKENS", 0)
     folder, pipe = wan21
     ref = _reference(pipe, "wan21", images[0])
     _check(run_frames(tmp_path, i2v_graph(folder, images[0], seed=7)), ref, "wan21")
@@ -152,7 +152,7 @@ def test_wan21_i2v_matches_diffusers(wan21, images, tmp_path, monkeypatch, cfg_b
 def test_wan21_i2v_without_graph(wan21, images):
     """The model-level API (`WanPipeline.text_image_to_video`) gives the same frames."""
     from PIL import Image
-    from nodes.wan.pipeline import load_pipeline
+    from nodes.wan.pipelines.pipeline import load_pipeline
     folder, pipe = wan21
     ref = _reference(pipe, "wan21", images[0])
     h, w, f = SIZES["wan21"]
@@ -172,8 +172,8 @@ def test_flf2v_condition_equals_diffusers_prepare_latents(flf2v, images):
     """The 20 conditioning channels themselves (mask layout, conditioning video, VAE mode, normalisation)."""
     import torch
     from PIL import Image
-    from nodes.wan.image_to_video import i2v_concat_latents
-    from nodes.wan.loading import load_vae
+    from nodes.wan.pipelines.image_to_video import i2v_concat_latents
+    from nodes.wan.checkpoints.loaders import load_vae
     folder, pipe = flf2v
     h, w, f = SIZES["flf2v"]
     start, end = (Image.open(p).convert("RGB") for p in images)

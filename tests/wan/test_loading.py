@@ -12,9 +12,9 @@ import pytest
 import mindspore as ms
 
 from nodes.wan import load_transformer, load_vae
-from nodes.wan.presets import tiny_pipeline_path
-from nodes.wan.safetensors_io import CheckpointError, SafetensorsFile, save_file
-from nodes.wan.weights import resolve
+from nodes.wan.checkpoints.presets import tiny_pipeline_path
+from nodes.wan.checkpoints.safetensors_io import CheckpointError, SafetensorsFile, save_file
+from nodes.wan.checkpoints.source import resolve
 
 REPO = "Wan-AI/Wan2.1-T2V-Tiny-Diffusers"
 
@@ -111,7 +111,7 @@ def test_save_file_round_trip(tmp_path):
 
 
 def test_tiny_preset_is_deterministic(tmp_path, monkeypatch, tiny):
-    from nodes.wan import presets
+    from nodes.wan.checkpoints import presets
     monkeypatch.setenv("GRAPHRT_HOME", str(tmp_path))
     again = presets.tiny_pipeline_path()
     assert again != tiny
@@ -124,7 +124,7 @@ def test_a_load_never_holds_two_copies(tmp_path):
     """Peak RSS while loading stays near one copy of the weights (lazy parameters, streamed reads)."""
     import subprocess
     import sys
-    from nodes.wan.transformer import WanTransformer3DModel
+    from nodes.wan.models.transformer import WanTransformer3DModel
     cfg = dict(patch_size=[1, 2, 2], num_attention_heads=4, attention_head_dim=64, in_channels=16, out_channels=16,
                text_dim=512, freq_dim=64, ffn_dim=4096, num_layers=12, qk_norm="rms_norm_across_heads")
     model = WanTransformer3DModel.from_config(cfg)

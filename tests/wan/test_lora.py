@@ -9,9 +9,9 @@ from safetensors.torch import save_file as torch_save_file
 import mindspore as ms
 
 from nodes.wan import load_transformer
-from nodes.wan.lora import read_lora, with_lora
-from nodes.wan.safetensors_io import CheckpointError
-from nodes.wan.single_file import original_key
+from nodes.wan import read_lora, with_lora
+from nodes.wan.checkpoints.safetensors_io import CheckpointError
+from nodes.wan.checkpoints.original_format import original_key
 from tests.wan.parity import rel_err
 
 TOL = 1e-5
@@ -150,7 +150,7 @@ def test_lora_loader_node_matches_diffusers_pipeline(tmp_path):
     """WanLoraLoader in a T2V graph equals WanPipeline.load_lora_weights + set_adapters."""
     from graphrt import Executor, GraphBuilder
     from graphrt.registry import load_node_packs
-    from nodes.wan.noise import make_noise
+    from nodes.wan.pipelines.noise import make_noise
     from tests.wan.reference import build_tiny_wan_pipeline, reference_frames
     load_node_packs()
     pipe = build_tiny_wan_pipeline(tmp_path / "pipe")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from nodes.wan import conv as conv_mod
-from nodes.wan import onednn
+from nodes.wan.backend import conv as conv_mod
+from nodes.wan.backend import onednn
 
 pytestmark = pytest.mark.skipif(not onednn.available(), reason=f"MindSpore's oneDNN: {onednn.unavailable_reason()}")
 

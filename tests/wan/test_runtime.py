@@ -26,8 +26,9 @@ import mindspore as ms
 ms.get_current_device = lambda: ("Ascend", 0)   # what MindSpore reports after ms.set_device("Ascend")
 calls = []
 ms.runtime.launch_blocking = lambda: calls.append("launch_blocking")
-from nodes.wan import layers, runtime
-from nodes.wan.transformer_block import onednn_matmuls
+from nodes.wan.models import layers
+from nodes.wan.backend import runtime
+from nodes.wan.models.transformer_block import onednn_matmuls
 runtime.check_compute_dtype("bfloat16")          # bf16 compute is refused on CPU only
 print(runtime.device(), runtime.TILE_BROADCASTS, runtime.ROW_STATS_BY_MATMUL, onednn_matmuls(ms.float32), calls)
 """

@@ -9,7 +9,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
 import mindspore as ms
 
-from nodes.wan.schedulers import FlowMatchEulerScheduler, UniPCFlowScheduler
+from nodes.wan.pipelines.schedulers import FlowMatchEulerScheduler, UniPCFlowScheduler
 
 SHIFTS = [1.0, 3.0, 5.0, 8.0, 12.0, 16.0]
 LOOP_TOL = 1e-6   # relative, final latents after a whole loop (fp32)

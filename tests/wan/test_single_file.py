@@ -18,8 +18,8 @@ from safetensors.torch import save_file as torch_save_file
 import mindspore as ms
 
 from nodes.wan import load_transformer
-from nodes.wan.safetensors_io import CheckpointError
-from nodes.wan.single_file import original_key
+from nodes.wan.checkpoints.safetensors_io import CheckpointError
+from nodes.wan.checkpoints.original_format import original_key
 from tests.wan.parity import rel_err
 
 TOL = 1e-5
@@ -179,7 +179,7 @@ def test_model_loader_node_runs_single_file_experts_like_diffusers(tmp_path):
     from diffusers import WanTransformer3DModel
     from graphrt import Executor
     from graphrt.registry import load_node_packs
-    from nodes.wan.noise import make_noise
+    from nodes.wan.pipelines.noise import make_noise
     from tests.wan.reference import build_tiny_wan_pipeline, reference_frames
     load_node_packs()
     pipe = build_tiny_wan_pipeline(tmp_path / "pipe")
@@ -213,7 +213,7 @@ def test_original_vae_single_file_matches_diffusers(tmp_path, prefix, fmt):
     """ComfyUI's wan_2.1_vae.safetensors, or Wan-AI's Wan2.1_VAE.pth (a torch.save zip, read without torch)."""
     from diffusers import AutoencoderKLWan
     from nodes.wan import load_vae
-    from nodes.wan.single_file import vae_key_map
+    from nodes.wan.checkpoints.original_format import vae_key_map
     torch.manual_seed(0)
     ref = AutoencoderKLWan(**VAE_CONFIG).eval()
     with torch.no_grad():
@@ -247,7 +247,7 @@ def test_original_vae_single_file_matches_diffusers(tmp_path, prefix, fmt):
 
 
 def test_model_loader_refuses_low_noise_with_a_folder(tmp_path):
-    from nodes.wan.pipeline import load_denoiser
+    from nodes.wan import load_denoiser
     with pytest.raises(ValueError, match="low_noise_source"):
         load_denoiser("tiny", low_noise_source=str(tmp_path / "x.safetensors"))
 
@@ -256,7 +256,7 @@ def test_vae_loader_node_takes_a_single_file(tmp_path):
     from diffusers import AutoencoderKLWan
     from graphrt import Executor, GraphBuilder
     from graphrt.registry import load_node_packs
-    from nodes.wan.single_file import vae_key_map
+    from nodes.wan.checkpoints.original_format import vae_key_map
     load_node_packs()
     torch.manual_seed(1)
     ref = AutoencoderKLWan(**VAE_CONFIG).eval()
@@ -280,7 +280,7 @@ WAN_T5_NAMES = {"token_embedding.weight", "norm.weight", "blocks.0.norm1.weight"
 def test_umt5_single_file_with_tokenizer_from_a_pipeline(tmp_path, dtype, layout):
     """ComfyUI's umt5_xxl_* files (transformers' names) or Wan-AI's models_t5_umt5-xxl-enc-bf16.pth (Wan's
     names, a torch.save zip): no config; the tokenizer from a pipeline folder."""
-    from nodes.wan.single_file import wan_t5_key
+    from nodes.wan.checkpoints.original_format import wan_t5_key
     from graphrt import Executor, GraphBuilder
     from graphrt.registry import load_node_packs
     from tests.wan.reference import build_tiny_wan_pipeline
@@ -360,7 +360,7 @@ VAE22_ORIGINAL_KEYS = [
 def test_wan22_vae_single_file_matches_diffusers(tmp_path):
     from diffusers import AutoencoderKLWan
     from nodes.wan import load_vae
-    from nodes.wan.single_file import vae_key_map
+    from nodes.wan.checkpoints.original_format import vae_key_map
     torch.manual_seed(0)
     ref = AutoencoderKLWan(**VAE22_CONFIG).eval()
     with torch.no_grad():
@@ -391,8 +391,8 @@ def test_wan22_vae_single_file_matches_diffusers(tmp_path):
 
 def test_wan22_vae_config_is_inferred_for_the_released_shapes():
     """The released file's sizes (base 160, decoder 256, z 48, 12 patchified channels) give the TI2V-5B config."""
-    from nodes.wan.presets import WAN22_LATENTS_MEAN
-    from nodes.wan.single_file import infer_vae_config
+    from nodes.wan.checkpoints.presets import WAN22_LATENTS_MEAN
+    from nodes.wan.checkpoints.original_format import infer_vae_config
 
     class Shapes:
         def __init__(self):

@@ -71,7 +71,7 @@ def test_cli_runs_tiny_workflow(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     mp4s = list(out.rglob("*.mp4"))
     assert len(mp4s) == 1
-    from nodes.media import probe_video
+    from nodes.wan.media import probe_video
     info = probe_video(mp4s[0])
     assert (info["frames"], info["width"], info["height"]) == (17, 128, 80)
     report = json.loads((tmp_path / "report.json").read_text())

@@ -13,7 +13,7 @@ from graphrt.registry import load_node_packs
 from tests.wan.parity import rel_err
 from tests.wan.reference import build_tiny_wan_pipeline, reference_frames
 
-from nodes.wan.noise import make_noise
+from nodes.wan.pipelines.noise import make_noise
 
 H, W, F = 32, 48, 9          # latent [1, 16, 3, 4, 6]
 LATENT_SHAPE = (1, 16, 3, 4, 6)
@@ -64,9 +64,9 @@ def run_frames(ex, g, dec):
 def test_frames_match_diffusers(tiny, tmp_path, monkeypatch, scheduler, guidance, steps, cfg_batch, compile):
     """`cfg_batch=False` forces CFG's two passes to run separately (as for large latents);
     `compile="on"` runs the blocks under ms.jit ("auto" leaves this toy model eager)."""
-    import nodes.wan.sampling
+    import nodes.wan.pipelines.sampling
     if not cfg_batch:
-        monkeypatch.setattr(nodes.wan.sampling, "CFG_BATCH_MAX_TOKENS", 0)
+        monkeypatch.setattr(nodes.wan.pipelines.sampling, "CFG_BATCH_MAX_TOKENS", 0)
     folder, pipe = tiny
     from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
     pipe.scheduler = (UniPCMultistepScheduler.from_pretrained(folder, subfolder="scheduler") if scheduler == "unipc"
@@ -103,7 +103,7 @@ def test_chained_stages_equal_single_run(tiny, tmp_path, k):
 
 
 def test_mp4_reads_back(tiny, tmp_path):
-    from nodes.media import probe_video
+    from nodes.wan.media import probe_video
     folder, _ = tiny
     res = Executor(output_dir=tmp_path).run(t2v_graph(folder, prefix="vid")[0].to_workflow())
     mp4 = [v["path"] for v in res.outputs.values() if str(v.get("path", "")).endswith(".mp4")][0]
@@ -136,7 +136,7 @@ def test_cached_rerun_reexecutes_only_what_changed(tiny, tmp_path):
 def test_python_api_text_to_video_matches_diffusers(tiny):
     """`load_pipeline(folder).text_to_video(...)`, no graph, equals diffusers for the seed's noise."""
     from diffusers import UniPCMultistepScheduler
-    from nodes.wan.pipeline import load_pipeline
+    from nodes.wan.pipelines.pipeline import load_pipeline
     folder, pipe = tiny
     # the saved config: other tests swap the shared pipeline's scheduler
     pipe.scheduler = UniPCMultistepScheduler.from_pretrained(folder, subfolder="scheduler")

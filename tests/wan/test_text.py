@@ -10,10 +10,10 @@ from transformers import T5TokenizerFast, UMT5Config
 from transformers import UMT5EncoderModel as RefUMT5
 
 from nodes.wan import load_text_encoder, load_tokenizer
-from nodes.wan.presets import _write_tokenizer
-from nodes.wan.prompt import clean_prompt, encode_prompt
-from nodes.wan.tokenizer import WanTokenizer
-from nodes.wan.umt5 import relative_buckets
+from nodes.wan.checkpoints.presets import _write_tokenizer
+from nodes.wan.pipelines.prompt import clean_prompt, encode_prompt
+from nodes.wan.models.tokenizer import WanTokenizer
+from nodes.wan.models.umt5 import relative_buckets
 from tests.wan.parity import rel_err
 
 TOL = 1e-5   # relative, fp32 (measured ~5e-7)
@@ -149,6 +149,6 @@ def test_clean_prompt(raw, clean):
 
 
 def test_umt5_rejects_other_ffn():
-    from nodes.wan.umt5 import UMT5EncoderModel
+    from nodes.wan.models.umt5 import UMT5EncoderModel
     with pytest.raises(ValueError, match="gated-gelu"):
         UMT5EncoderModel.from_config({"feed_forward_proj": "relu", "d_model": 8, "num_layers": 1})

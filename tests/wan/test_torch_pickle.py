@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from nodes.wan.safetensors_io import CheckpointError
-from nodes.wan.torch_pickle import TorchPickleFile, is_torch_file
-from nodes.wan.weights import Checkpoint
+from nodes.wan.checkpoints.safetensors_io import CheckpointError
+from nodes.wan.checkpoints.torch_pickle import TorchPickleFile, is_torch_file
+from nodes.wan.checkpoints.checkpoint import Checkpoint
 
 
 def state_dict():

@@ -12,7 +12,7 @@ from diffusers import WanTransformer3DModel as RefTransformer
 import mindspore as ms
 
 from nodes.wan import load_transformer
-from nodes.wan.safetensors_io import CheckpointError
+from nodes.wan.checkpoints.safetensors_io import CheckpointError
 from tests.wan.parity import rel_err
 
 TOL = 1e-5   # relative; measured <= 2e-6 everywhere (MindSpore CPU exp/sigmoid are approximate)
@@ -113,8 +113,8 @@ def test_jit_equals_eager(models, name, matmul, monkeypatch):
     """Compiled blocks equal eager: one graph per block, or on CPU from CPU_FFN_OFFLOAD_MIN_ROWS token rows
     the graph up to the FFN and the FFN in oneDNN (in chunks of FEED_FORWARD_ROWS rows); the text
     projection in oneDNN too, unless GRAPHRT_CPU_MATMUL=native."""
-    from nodes.wan import onednn
-    from nodes.wan import transformer as transformer_mod
+    from nodes.wan.backend import onednn
+    from nodes.wan.models import transformer as transformer_mod
     if matmul != "native" and not onednn.available():
         pytest.skip(f"MindSpore's oneDNN: {onednn.unavailable_reason()}")
     monkeypatch.setenv("GRAPHRT_CPU_MATMUL", "native" if matmul == "native" else "onednn")
@@ -182,7 +182,7 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path, models):
 
 
 def test_unknown_qk_norm_is_rejected():
-    from nodes.wan.transformer import WanTransformer3DModel
+    from nodes.wan.models.transformer import WanTransformer3DModel
     with pytest.raises(ValueError, match="qk_norm"):
         WanTransformer3DModel.from_config({**BASE, "qk_norm": "layer_norm"})
 
@@ -212,7 +212,7 @@ def vace(tmp_path_factory):
 
 @pytest.mark.parametrize("control_frames, scale", [(3, None), (2, [0.5, 1.5])])
 def test_vace_matches_diffusers(vace, control_frames, scale):
-    from nodes.wan.vace import WanVACETransformer3DModel
+    from nodes.wan.models.vace import WanVACETransformer3DModel
     ref, folder = vace
     ours = load_transformer(folder, subfolder=None)
     assert isinstance(ours, WanVACETransformer3DModel)
@@ -238,7 +238,7 @@ def test_vace_matches_diffusers(vace, control_frames, scale):
 def test_tiled_broadcasts_match_diffusers(models, monkeypatch, name):
     """The CPU path at real sizes forced on at toy sizes: broadcast operands tiled, row statistics
     (LayerNorm, RMSNorm) as matmuls."""
-    import nodes.wan.layers as layers
+    import nodes.wan.models.layers as layers
     monkeypatch.setattr(layers, "TILE_MIN_ELEMENTS", 0)
     monkeypatch.setattr(layers, "TILE_BROADCASTS", True)
     ref, ours, _ = models[name]
@@ -256,7 +256,7 @@ def test_tiled_broadcasts_match_diffusers(models, monkeypatch, name):
 @pytest.mark.parametrize("a, b", [((2, 5, 7), (7,)), ((2, 5, 7), (2, 1, 7)), ((2, 5, 7), (2, 5, 1)),
                                   ((1, 5, 1), (3, 1, 4)), ((4,), (2, 3, 4))])
 def test_bmul_badd_broadcast_like_numpy(monkeypatch, a, b):
-    import nodes.wan.layers as layers
+    import nodes.wan.models.layers as layers
     monkeypatch.setattr(layers, "TILE_MIN_ELEMENTS", 0)
     monkeypatch.setattr(layers, "TILE_BROADCASTS", True)
     rng = np.random.default_rng(0)
@@ -271,8 +271,8 @@ def test_row_statistics_match_torch(monkeypatch, by_matmul, shape):
     """`row_mean`, `rms_normalize` and `layer_norm` on both paths: CPU's matmul with a ones
     column, and the reduction / LayerNorm kernels other devices use."""
     import torch
-    import nodes.wan.layers as layers
-    import nodes.wan.runtime as runtime
+    import nodes.wan.models.layers as layers
+    import nodes.wan.backend.runtime as runtime
     monkeypatch.setattr(runtime, "ROW_STATS_BY_MATMUL", by_matmul)
     monkeypatch.setattr(layers, "TILE_MIN_ELEMENTS", 0)   # toy sizes take the path of real ones
     rng = np.random.default_rng(1)
@@ -297,7 +297,7 @@ def test_row_statistics_match_torch(monkeypatch, by_matmul, shape):
 def test_non_cpu_paths_match_diffusers(models, monkeypatch, name):
     """The transformer as other devices run it: ReduceMean / LayerNorm kernels and MindSpore's matmuls
     for the text projection. Eager: a compiled graph would keep the path it was traced with."""
-    import nodes.wan.runtime as runtime
+    import nodes.wan.backend.runtime as runtime
     monkeypatch.setattr(runtime, "ROW_STATS_BY_MATMUL", False)
     monkeypatch.setenv("GRAPHRT_CPU_MATMUL", "native")
     ref, ours, _ = models[name]

@@ -10,8 +10,8 @@ from graphrt.registry import load_node_packs
 from tests.wan.parity import rel_err
 from tests.wan.reference import build_tiny_wan_pipeline
 
-from nodes import media
-from nodes.wan.noise import make_noise
+from nodes.wan import media
+from nodes.wan.pipelines.noise import make_noise
 
 H, W, F = 32, 48, 9
 

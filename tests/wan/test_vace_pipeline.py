@@ -10,8 +10,8 @@ from graphrt.registry import load_node_packs
 from tests.wan.parity import rel_err
 from tests.wan.reference import TINY_TRANSFORMER, build_tiny_wan_pipeline
 
-from nodes import media
-from nodes.wan.noise import make_noise
+from nodes.wan import media
+from nodes.wan.pipelines.noise import make_noise
 
 H, W, F = 32, 48, 9
 
@@ -96,7 +96,7 @@ def test_vace_matches_diffusers(vace, use_video, use_mask, use_ref, strength):
 
 
 def test_vace_rejects_a_control_video_of_another_size(vace):
-    from nodes.wan.vace_conditioning import vace_control
+    from nodes.wan.pipelines.vace_conditioning import vace_control
     from nodes.wan import load_vae
     tmp, _, _ = vace
     vae = load_vae(tmp / "pipe")

@@ -14,7 +14,7 @@ import mindspore as ms
 import torch
 
 from nodes.wan import load_vae
-from nodes.wan import conv as conv_mod
+from nodes.wan.backend import conv as conv_mod
 from tests.wan.parity import rel_err
 
 TOL = 2e-5

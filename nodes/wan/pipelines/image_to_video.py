@@ -14,30 +14,11 @@ as the graph's IMAGE sockets carry them).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import mindspore as ms
 
+from ..models.images import to_pil
 from .conditioning import CONCAT_LATENTS, FIRST_FRAME_LATENTS, FIRST_FRAME_MASK, WanConditioning
-
-
-def _as_uint8(image) -> np.ndarray:
-    arr = np.asarray(image)
-    if arr.ndim == 4:
-        if arr.shape[0] != 1:
-            raise ValueError(f"expected one image, got a batch of {arr.shape[0]}")
-        arr = arr[0]
-    if arr.dtype == np.uint8:
-        return arr
-    return (np.clip(arr.astype(np.float32), 0.0, 1.0) * 255).round().astype(np.uint8)
-
-
-def to_pil(image):
-    from PIL import Image
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    return Image.fromarray(_as_uint8(image)[..., :3])
 
 
 def preprocess_image(image, height: int, width: int) -> np.ndarray:
@@ -142,41 +123,6 @@ def token_timestep_mask(mask: ms.Tensor, patch_size) -> np.ndarray:
     m = mask.asnumpy()[0, 0]
     pt, ph, pw = patch_size
     return m[::pt, ::ph, ::pw].reshape(-1)
-
-
-@dataclass(frozen=True)
-class WanCLIPVision:
-    """The CLIP vision tower and its preprocessing: images → penultimate hidden states."""
-    encoder: object
-    processor: object
-
-    def encode(self, images) -> ms.Tensor:
-        """[N, tokens, D] for a list of images or an IMAGE batch [N, H, W, 3]."""
-        if isinstance(images, np.ndarray) and images.ndim == 4:
-            images = [images[i] for i in range(images.shape[0])]
-        elif not isinstance(images, (list, tuple)):
-            images = [images]
-        pixels = self.processor([np.asarray(_as_uint8(im)) if not hasattr(im, "convert") else im for im in images])
-        return self.encoder(ms.Tensor(pixels).astype(self.encoder.dtype)).astype(ms.float32)
-
-    def cache_nbytes(self) -> int:
-        return sum(int(np.prod(p.shape)) * p.itemsize for p in self.encoder.get_parameters())
-
-
-def load_clip_vision(source, dtype="float32") -> WanCLIPVision:
-    """image_encoder/ and image_processor/ of a pipeline folder or hub repo id; or one CLIP vision file
-    (Wan-AI's open-clip .pth, ComfyUI's clip_vision_h) with the preprocessing of Wan's diffusers repos:
-    shortest edge and center crop to the tower's image size (224), bicubic, OpenAI mean and std."""
-    from .clip_vision import CLIPImageProcessor
-    from .loading import load_image_encoder, load_image_processor
-    from .pipeline import resolve_source
-    root = resolve_source(source)
-    if root.is_file():
-        encoder = load_image_encoder(root, None, dtype=dtype)
-        side = encoder.cfg["image_size"]
-        return WanCLIPVision(encoder=encoder, processor=CLIPImageProcessor(size=side, crop_size=side))
-    return WanCLIPVision(encoder=load_image_encoder(root, "image_encoder", dtype=dtype),
-                         processor=load_image_processor(root, "image_processor"))
 
 
 def needs_image_embeds(denoiser) -> bool:

@@ -22,8 +22,8 @@ from mindspore import Parameter, mint, nn, ops
 
 from .layers import param_init
 from .attention import attention
-from .conv import conv2d, conv3d, upsample_conv2d
-from .runtime import device, to_ms_dtype
+from ..backend.conv import conv2d, conv3d, upsample_conv2d
+from ..backend.runtime import device, to_ms_dtype
 
 CACHE_T = 2
 _matmul = ops.MatMul()

@@ -49,7 +49,7 @@ def reference_canvas(image: np.ndarray, height: int, width: int) -> np.ndarray:
     h, w = image.shape[:2]
     if h % 8 or w % 8:   # the reference's image processor first floors the size to multiples of 8 (lanczos)
         from PIL import Image
-        from .image_to_video import to_pil
+        from ..models.images import to_pil
         image = np.asarray(to_pil(image).resize((w - w % 8, h - h % 8), Image.LANCZOS), np.float32) / 255.0
     img = image.transpose(2, 0, 1) * 2.0 - 1.0
     h, w = img.shape[1:]

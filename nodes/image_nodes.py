@@ -6,8 +6,8 @@ import numpy as np
 
 from graphrt import Input, Node, Output, register_node
 
-from .latents import SIZE_MULTIPLE, check_video_size
-from .loaders import DTYPES, SOURCE_TIP, _SourceNode
+from .latent_nodes import SIZE_MULTIPLE, check_video_size
+from .loader_nodes import DTYPES, SOURCE_TIP, _SourceNode
 
 
 @register_node
@@ -23,7 +23,7 @@ class WanCLIPVisionLoader(_SourceNode):
     OUTPUTS = [Output("clip_vision", "CLIP_VISION")]
 
     def execute(self, ctx, source, dtype="float32"):
-        from .wan.image_to_video import load_clip_vision
+        from .wan import load_clip_vision
         return (load_clip_vision(source, dtype),)
 
 
@@ -79,7 +79,7 @@ class WanImageToVideo(Node):
                 clip_vision_output=None, clip_vision_end_output=None):
         import mindspore as ms
         from mindspore import mint
-        from .wan.image_to_video import condition_on_images
+        from .wan.pipelines.image_to_video import condition_on_images
         s, t = vae.spatial_compression, vae.temporal_compression
         errors = check_video_size(width, height, num_frames, multiple=max(SIZE_MULTIPLE, 2 * s))
         if errors:

@@ -13,7 +13,7 @@ import mindspore as ms
 from mindspore import mint, ops
 
 from .layers import expand_to
-from .runtime import device
+from ..backend.runtime import device
 
 # Bytes of float32 attention scores materialised at once on the math path.
 SCORE_BUDGET_BYTES = 512 * 1024 * 1024

@@ -1,6 +1,6 @@
 """The one convolution entry point of the Wan model code.
 
-    from nodes.wan.conv import conv3d, conv2d
+    from nodes.wan.backend.conv import conv3d, conv2d
     y = conv3d(x, weight, bias, stride=(1, 1, 1), padding=(1, 1, 1))   # x [B,C,T,H,W]
     y = conv2d(x, weight, bias, stride=(2, 2), padding=0)               # x [B,C,H,W]
 

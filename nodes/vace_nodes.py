@@ -7,7 +7,7 @@ import numpy as np
 
 from graphrt import Input, Node, Output, register_node
 
-from .latents import check_video_size
+from .latent_nodes import check_video_size
 
 
 def _frames(images):
@@ -47,7 +47,7 @@ class WanVaceToVideo(Node):
     def execute(self, ctx, positive, negative, vae, width, height, num_frames, strength=1.0, control_video=None,
                 control_masks=None, reference_image=None):
         import mindspore as ms
-        from .wan.vace_conditioning import VACE_CONTROL, VACE_STRENGTH, vace_control
+        from .wan.pipelines.vace_conditioning import VACE_CONTROL, VACE_STRENGTH, vace_control
         refs = [] if reference_image is None else list(_frames(reference_image).reshape(
             (-1,) + _frames(reference_image).shape[-3:]))
         control, n_refs = vace_control(vae, height, width, num_frames, video=_frames(control_video),

@@ -15,7 +15,7 @@ import mindspore as ms
 from mindspore import mint
 
 from .conditioning import CONCAT_LATENTS, FIRST_FRAME_MASK
-from .denoiser import WanDenoiser
+from ..models.denoiser import WanDenoiser
 from .image_to_video import recompose_first_frame, token_timestep_mask
 from .schedulers import FlowMatchEulerScheduler, UniPCFlowScheduler
 from .vace_conditioning import VACE_CONTROL, VACE_STRENGTH

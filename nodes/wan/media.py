@@ -122,7 +122,7 @@ def save_tensor(array, path: str | os.PathLike, name: str = "tensor") -> Path:
             with open(tmp, "wb") as f:
                 np.save(f, arr)
         elif path.suffix == ".safetensors":
-            from .wan.safetensors_io import save_file
+            from .checkpoints.safetensors_io import save_file
             save_file({name: arr}, tmp)
         else:
             raise ValueError(f"unsupported tensor file type {path.suffix!r}; use .npy or .safetensors")
@@ -137,7 +137,7 @@ def load_tensor(path: str | os.PathLike, key: str | None = None) -> np.ndarray:
     if path.suffix == ".npy":
         return np.load(path, allow_pickle=False)
     if path.suffix == ".safetensors":
-        from .wan.safetensors_io import SafetensorsFile
+        from .checkpoints.safetensors_io import SafetensorsFile
         f = SafetensorsFile(path)
         keys = list(f.keys())
         if key is None:

@@ -17,7 +17,7 @@ import numpy as np
 
 from .safetensors_io import CheckpointError
 from .torch_pickle import is_torch_file
-from .weights import Checkpoint
+from .checkpoint import Checkpoint
 
 PREFIXES = ("model.diffusion_model.", "diffusion_model.")
 MARKER = "head.modulation"        # present in every original-format Wan transformer

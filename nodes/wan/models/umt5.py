@@ -17,7 +17,7 @@ from mindspore import Parameter, mint, nn, ops
 
 from .attention import attention
 from .layers import bmul, param_init, row_mean, Linear, gelu_tanh
-from .runtime import device
+from ..backend.runtime import device
 
 
 @lru_cache(maxsize=16)

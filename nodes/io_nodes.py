@@ -5,7 +5,7 @@ import numpy as np
 
 from graphrt import Input, Node, Output, register_node
 
-from . import media
+from .wan import media
 from .fingerprint import file_digest
 
 PREFIX_TIP = "File name prefix, may include a subfolder of the output folder; a 5-digit counter is appended."

@@ -74,7 +74,7 @@ class SeedNoise:
         self.seed = int(seed)
 
     def generate(self, shape) -> np.ndarray:
-        from .wan.noise import make_noise
+        from .wan.pipelines.noise import make_noise
         return make_noise(self.seed, shape)
 
 
@@ -115,5 +115,5 @@ class WanLoadNoise(Node):
         return file_digest(path)
 
     def execute(self, ctx, path, key=""):
-        from .media import load_tensor
+        from .wan.media import load_tensor
         return (load_tensor(path, key or None).astype(np.float32),)

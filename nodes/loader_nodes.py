@@ -36,11 +36,9 @@ class WanPipelineLoader(_SourceNode):
     OUTPUTS = [Output("model", "MODEL"), Output("text_encoder", "TEXT_ENCODER"), Output("vae", "VAE")]
 
     def execute(self, ctx, source, dtype="float32", text_encoder_dtype="float32", vae_dtype="float32", compile="auto"):
-        from .wan.pipeline import load_denoiser, load_text, resolve_source
-        from .wan.loading import load_vae
-        root = resolve_source(source)
-        return (load_denoiser(root, dtype, compile), load_text(root, text_encoder_dtype),
-                load_vae(root, "vae", vae_dtype))
+        from .wan import as_source, load_denoiser, load_text, load_vae
+        src = as_source(source)
+        return (load_denoiser(src, dtype, compile), load_text(src, text_encoder_dtype), load_vae(src, "vae", vae_dtype))
 
 
 @register_node
@@ -66,7 +64,7 @@ class WanModelLoader(_SourceNode):
         return source_stamp(source) + ("|" + source_stamp(low_noise_source) if low_noise_source else "")
 
     def execute(self, ctx, source, dtype="float32", compile="auto", low_noise_source="", boundary_ratio=0.0):
-        from .wan.pipeline import load_denoiser
+        from .wan import load_denoiser
         return (load_denoiser(source, dtype, compile, low_noise_source=low_noise_source or None,
                               boundary_ratio=boundary_ratio or None),)
 
@@ -91,7 +89,7 @@ class WanTextEncoderLoader(_SourceNode):
         return source_stamp(source) + ("|" + source_stamp(tokenizer_source) if tokenizer_source else "")
 
     def execute(self, ctx, source, dtype="float32", tokenizer_source=""):
-        from .wan.pipeline import load_text
+        from .wan import load_text
         return (load_text(source, dtype, tokenizer_source=tokenizer_source or None),)
 
 
@@ -106,9 +104,8 @@ class WanVAELoader(_SourceNode):
     OUTPUTS = [Output("vae", "VAE")]
 
     def execute(self, ctx, source, dtype="float32"):
-        from .wan.loading import load_vae
-        from .wan.pipeline import resolve_source
-        return (load_vae(resolve_source(source), "vae", dtype),)
+        from .wan import load_vae
+        return (load_vae(source, "vae", dtype),)
 
 
 @register_node
@@ -139,7 +136,7 @@ class WanLoraLoader(Node):
 
     def execute(self, ctx, model, lora, strength=1.0, apply_to="transformer"):
         import os
-        from .wan.lora import read_lora, with_lora
+        from .wan import read_lora, with_lora
         path = os.path.expanduser(lora)
         changes = {}
         targets = ["transformer", "transformer_2"] if apply_to == "both" else [apply_to]

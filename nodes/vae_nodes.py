@@ -15,7 +15,7 @@ class WanVAEDecode(Node):
     OUTPUTS = [Output("images", "IMAGE")]
 
     def execute(self, ctx, vae, latent, tiled=False):
-        from .wan.pipeline import decode_latents
+        from .wan.pipelines.pipeline import decode_latents
         frames = decode_latents(vae, latent["samples"], tiled=tiled)
         return (frames.reshape((-1,) + frames.shape[2:]),)
 

@@ -1,4 +1,4 @@
-"""Finding checkpoints (local folder or hub repo) and loading them into Cells.
+"""A component's tensors (one file or shards) and their copy into a Cell.
 
 A diffusers component folder holds `config.json` and either one
 `<name>.safetensors` or shards listed in `<name>.safetensors.index.json`.
@@ -8,14 +8,13 @@ a load never holds two full copies of the model.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Iterable, Mapping
 
 import numpy as np
 import mindspore as ms
 
-from .runtime import to_ms_dtype
+from ..backend.runtime import to_ms_dtype
 from .safetensors_io import CheckpointError, SafetensorsFile
 from .torch_pickle import TorchPickleFile, is_torch_file
 
@@ -48,52 +47,6 @@ class Checkpoint:
 
     def file_of(self, key) -> Path:
         return self._where[key].path
-
-
-def resolve(path_or_repo: str | os.PathLike, subfolder: str | None = None) -> Path:
-    """A local folder (or file) for a component: the path itself, or a hub snapshot.
-
-    A hub repo id ("owner/name") is fetched through huggingface_hub's cache,
-    downloading only the requested subfolder (plus model_index.json).
-    """
-    p = Path(os.path.expanduser(str(path_or_repo)))
-    if p.exists():
-        q = p / subfolder if subfolder and p.is_dir() else p
-        if not q.exists():
-            raise FileNotFoundError(f"{p} has no '{subfolder}' folder; subfolders present: "
-                                    f"{sorted(x.name for x in p.iterdir() if x.is_dir())}")
-        return q
-    s = str(path_or_repo)
-    if s.count("/") != 1 or s.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"no such file or folder: {s}")
-    return Path(_hub_snapshot(s, subfolder)) / (subfolder or "")
-
-
-def _hub_snapshot(repo_id: str, subfolder: str | None) -> str:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    patterns = ["model_index.json"] + ([f"{subfolder}/*"] if subfolder else ["*"])
-    try:
-        return snapshot_download(repo_id, allow_patterns=patterns)
-    except LocalEntryNotFoundError:
-        where = f" --include '{subfolder}/*'" if subfolder else ""
-        raise FileNotFoundError(
-            f"{repo_id}{'/' + subfolder if subfolder else ''} is not in the Hugging Face cache and the hub "
-            f"cannot be reached (offline). Fetch it on a connected machine with "
-            f"`huggingface-cli download {repo_id}{where}`, or pass a local folder.") from None
-    except Exception as e:  # repo missing, gated, network refused, ...
-        raise FileNotFoundError(f"could not get {repo_id} ({subfolder or 'all'}) from the hub: {e}") from None
-
-
-def read_config(folder: Path, name: str = "config.json") -> dict:
-    path = Path(folder) / name
-    if not path.exists():
-        raise FileNotFoundError(f"{folder} has no {name}")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: invalid JSON ({e})") from None
 
 
 def open_checkpoint(folder_or_file: Path, weights_name: str) -> Checkpoint:

@@ -8,6 +8,7 @@ checked so a checkpoint either fits entirely or is refused.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import mindspore as ms
 from mindspore import Parameter, mint, nn, ops
 
 from .attention import attention
+from .images import as_uint8
 from .layers import param_init, LayerNorm, Linear, gelu_exact
 
 
@@ -220,3 +222,22 @@ class CLIPImageProcessor:
         if not isinstance(images, (list, tuple)):
             images = [images] if not (isinstance(images, np.ndarray) and images.ndim == 4) else list(images)
         return np.stack([self._one(im) for im in images]).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class WanCLIPVision:
+    """The CLIP vision tower and its preprocessing: images → penultimate hidden states."""
+    encoder: object
+    processor: object
+
+    def encode(self, images) -> ms.Tensor:
+        """[N, tokens, D] for a list of images or an IMAGE batch [N, H, W, 3]."""
+        if isinstance(images, np.ndarray) and images.ndim == 4:
+            images = [images[i] for i in range(images.shape[0])]
+        elif not isinstance(images, (list, tuple)):
+            images = [images]
+        pixels = self.processor([np.asarray(as_uint8(im)) if not hasattr(im, "convert") else im for im in images])
+        return self.encoder(ms.Tensor(pixels).astype(self.encoder.dtype)).astype(ms.float32)
+
+    def cache_nbytes(self) -> int:
+        return sum(int(np.prod(p.shape)) * p.itemsize for p in self.encoder.get_parameters())

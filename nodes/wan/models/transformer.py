@@ -15,8 +15,8 @@ from mindspore import Parameter, mint, nn
 
 from .layers import badd, bmul, expand_to, param_init, LayerNorm, Linear, RMSNorm, gelu_exact, gelu_tanh, silu
 from .rope import rope_cos_sin, rope_pair_rotation, timestep_sinusoid
-from . import onednn
-from .runtime import device
+from ..backend import onednn
+from ..backend.runtime import device
 from .transformer_block import CPU_FFN_OFFLOAD_MIN_ROWS, finish_on_cpu, make_block_fn, onednn_matmuls
 
 
@@ -231,7 +231,7 @@ class WanTransformer3DModel(nn.Cell):
 
     def _call_block(self, block, *args):
         """block(*args), through the compiled graph when `compile()` was called, with the
-        weight patch of a LoRA view (`nodes.wan.lora`) while one is running."""
+        weight patch of a LoRA view (`nodes.wan.models.lora`) while one is running."""
         patch = self._active_patch
         if self._jit_blocks is not None:
             fn = self._jit_blocks

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .runtime import to_ms_dtype
+from ..backend.runtime import to_ms_dtype
 from .safetensors_io import save_file
 
 PRESET_VERSION = 1
@@ -122,9 +122,9 @@ def _write_component(folder: Path, cls, config: dict, rng: np.random.Generator) 
 
 
 def build_tiny_pipeline(folder: Path) -> None:
-    from .transformer import WanTransformer3DModel
-    from .umt5 import UMT5EncoderModel
-    from .vae import AutoencoderKLWan
+    from ..models.transformer import WanTransformer3DModel
+    from ..models.umt5 import UMT5EncoderModel
+    from ..models.vae import AutoencoderKLWan
 
     vocab_size = _write_tokenizer(folder / "tokenizer")
     cfg = _configs(vocab_size)

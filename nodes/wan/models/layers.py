@@ -11,8 +11,8 @@ import mindspore as ms
 from mindspore import Parameter, mint, nn, ops
 from mindspore.common.initializer import initializer
 
-from . import runtime
-from .runtime import TILE_BROADCASTS
+from ..backend import runtime
+from ..backend.runtime import TILE_BROADCASTS
 
 
 def param_init(kind: str, shape, dtype):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from graphrt import Input, Node, Output, register_node
 
-from .latents import noise_for
+from .latent_nodes import noise_for
 
 
 def _check_inputs(model, latent_channels: int, positive) -> None:
@@ -63,7 +63,7 @@ class WanDenoise(Node):
     def execute(self, ctx, model, positive, latent, seed, steps, guidance, scheduler, shift, negative=None,
                 guidance_2=0.0, start_step=0, end_step=10000, add_noise=True, return_with_leftover_noise=True,
                 noise=None):
-        from .wan.sampling import denoise
+        from .wan.pipelines.sampling import denoise
         samples = latent["samples"]
         _check_inputs(model, samples.shape[1], positive)
         if guidance > 1.0 and negative is None:

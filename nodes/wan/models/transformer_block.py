@@ -22,9 +22,9 @@ import mindspore as ms
 from mindspore import ops
 
 from .attention import attention
-from . import onednn
+from ..backend import onednn
 from .layers import badd, bias_add, bmul, gelu_tanh, layer_norm, rms_normalize
-from .runtime import device
+from ..backend.runtime import device
 
 TEXT_TOKENS = 512  # diffusers splits image tokens from text tokens by this fixed length
 

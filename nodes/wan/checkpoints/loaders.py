@@ -1,0 +1,170 @@
+"""Public loaders: a source in (pipeline folder, hub repo id, `tiny`, or one checkpoint file), a model out.
+
+    from nodes.wan import load_transformer
+    model = load_transformer("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", dtype="float32")
+
+Every loader resolves its source once (`source.as_source`), then `open_component` decides the
+component's format, key names and config in one place; `build` copies the tensors into the model
+class (`from_config`, `WEIGHTS_NAME`, `KEEP_FP32`, `IGNORE_UNEXPECTED`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..backend.runtime import check_compute_dtype
+from . import original_format as original
+from .checkpoint import load_into, open_checkpoint
+from .safetensors_io import CheckpointError
+from .source import Source, as_source, config_from, read_config
+
+DIFFUSERS, ORIGINAL, WAN_T5, TRANSFORMERS, WAN_CLIP = "diffusers", "original", "wan_t5", "transformers", "wan_clip"
+
+
+@dataclass
+class Component:
+    """One model's weights, resolved: where, in which layout, under which names, with which config."""
+    source: Source
+    path: Path                     # the component folder, or the file
+    format: str                    # DIFFUSERS | ORIGINAL | WAN_T5 | TRANSFORMERS | WAN_CLIP
+    checkpoint: object             # lazy tensors: a Checkpoint, or a view renaming / dequantising one
+    config: dict
+    key_map: Callable | None = None
+
+
+def _weights_name(role: str) -> str:
+    return "model" if role in ("text_encoder", "image_encoder") else "diffusion_pytorch_model"
+
+
+def _not_a(path, what: str, markers: str, raw) -> CheckpointError:
+    return CheckpointError(f"{path} is not {what} ({markers}) and has no config.json beside it; "
+                           f"first keys: {sorted(raw.keys())[:5]}")
+
+
+def _single_file(role: str, path: Path, raw, config: dict | None) -> tuple:
+    """(format, checkpoint view, config, key_map) of a single file, or None for diffusers names."""
+    if role == "transformer":
+        prefix = original.strip_prefix(raw.keys())
+        if prefix is None:
+            return None
+        ckpt = original.OriginalCheckpoint(raw, prefix)
+        return ORIGINAL, ckpt, config or original.infer_transformer_config(ckpt), original.original_key
+    if role == "vae":
+        prefix = original.vae_prefix(raw.keys())
+        if prefix is None:
+            return None
+        ckpt = original.OriginalCheckpoint(raw, prefix)
+        config = config or original.infer_vae_config(ckpt)
+        return ORIGINAL, ckpt, config, original.vae_key_map(int(config["num_res_blocks"]),
+                                                             bool(config.get("is_residual")))
+    if role == "text_encoder":
+        ckpt = original.OriginalCheckpoint(raw, "")
+        if original.is_wan_t5_file(raw.keys()):
+            return WAN_T5, ckpt, config or original.infer_wan_t5_config(ckpt), original.wan_t5_key
+        if original.is_umt5_file(raw.keys()):
+            return TRANSFORMERS, ckpt, config or original.infer_umt5_config(ckpt), None
+        return None
+    if role == "image_encoder":
+        ckpt = original.clip_vision_checkpoint(raw)
+        if ckpt is None:
+            return None
+        fmt = TRANSFORMERS if ckpt is raw else WAN_CLIP
+        return fmt, ckpt, config or original.infer_clip_vision_config(ckpt), None
+    raise ValueError(f"unknown component role {role!r}")
+
+
+_MARKERS = {
+    "transformer": ("a Wan transformer in the original / ComfyUI layout",
+                    "no 'head.modulation' key, with or without a 'model.diffusion_model.' prefix"),
+    "vae": ("a Wan VAE in the original / ComfyUI layout", f"no '{original.VAE_MARKER}' key"),
+    "text_encoder": ("a UMT5 encoder", "neither transformers' 'encoder.block.0.layer.0.SelfAttention.q.weight' "
+                                       "nor Wan's 'blocks.0.attn.q.weight' key"),
+    "image_encoder": ("a CLIP vision tower", f"neither Wan's '{original.WAN_CLIP_MARKER}' nor transformers' "
+                                             f"'{original.HF_CLIP_MARKER}' key"),
+}
+
+
+def open_component(source, role: str, subfolder: str | None = None, config=None) -> Component:
+    """The `role` component ("transformer", "vae", "text_encoder", "image_encoder") of `source`.
+
+    A pipeline folder gives `subfolder` with its config.json and diffusers names. A single file
+    is read under whichever layout its keys show (original Wan / ComfyUI, Wan's T5 and CLIP,
+    transformers'), its config inferred from the tensor shapes unless `config` is given (a dict,
+    a config.json, a pipeline or component folder, or a hub repo id)."""
+    src = as_source(source)
+    path = src.component(subfolder)
+    if config is not None:
+        config = config_from(config, subfolder or role)
+    if path.is_file():
+        raw = open_checkpoint(path, _weights_name(role))
+        found = _single_file(role, path, raw, config)
+        if found is not None:
+            fmt, ckpt, cfg, key_map = found
+            if fmt == TRANSFORMERS and config is None and (path.parent / "config.json").exists():
+                cfg = read_config(path.parent)     # a file of a transformers folder: its own config wins
+            return Component(src, path, fmt, ckpt, cfg, key_map)
+        if config is None and not (path.parent / "config.json").exists():
+            what, markers = _MARKERS[role]
+            raise _not_a(path, what, markers, raw)
+        return Component(src, path, DIFFUSERS, raw, config or read_config(path.parent))
+    return Component(src, path, DIFFUSERS, open_checkpoint(path, _weights_name(role)), config or read_config(path))
+
+
+def build(cls, component: Component, dtype="float32"):
+    """An instance of `cls` for `component.config`, its weights copied from the component."""
+    dtype = check_compute_dtype(dtype)
+    model = cls.from_config(component.config, dtype=dtype)
+    key_map = component.key_map
+    if key_map is None and hasattr(cls, "key_map_for"):
+        key_map = cls.key_map_for(component.checkpoint.keys())
+    load_into(model, component.checkpoint, dtype=dtype, keep_fp32=getattr(cls, "KEEP_FP32", ()),
+              ignore_unexpected=getattr(cls, "IGNORE_UNEXPECTED", ()), key_map=key_map, source=str(component.path))
+    model.set_train(False)
+    return model
+
+
+def load_transformer(source, subfolder: str | None = "transformer", dtype="float32", config=None):
+    """A `WanTransformer3DModel` (T2V, I2V, FLF2V, TI2V), or a `WanVACETransformer3DModel` when the
+    config has `vace_layers`, from its diffusers folder, or from one file with the original Wan /
+    ComfyUI key names (config inferred from the tensors unless `config` is given)."""
+    from ..models.transformer import WanTransformer3DModel
+    comp = open_component(source, "transformer", subfolder, config)
+    cls = WanTransformer3DModel
+    if "vace_layers" in comp.config:
+        from ..models.vace import WanVACETransformer3DModel as cls
+    return build(cls, comp, dtype)
+
+
+def load_vae(source, subfolder: str | None = "vae", dtype="float32", config=None):
+    """An `AutoencoderKLWan` (Wan2.1 or Wan2.2 VAE, chosen by its config) from its diffusers folder,
+    or from one file with the original Wan / ComfyUI key names (Wan2.1_VAE, Wan2.2_VAE / wan2.2_vae)."""
+    from ..models.vae import AutoencoderKLWan
+    return build(AutoencoderKLWan, open_component(source, "vae", subfolder, config), dtype)
+
+
+def load_text_encoder(source, subfolder: str | None = "text_encoder", dtype="float32", config=None):
+    """The UMT5 encoder, from its folder or from one file: transformers' key names (ComfyUI's umt5_xxl
+    files, fp16 / fp8 / fp8_scaled) or Wan's own (`models_t5_umt5-xxl-enc-bf16.pth`)."""
+    from ..models.umt5 import UMT5EncoderModel
+    return build(UMT5EncoderModel, open_component(source, "text_encoder", subfolder, config), dtype)
+
+
+def load_image_encoder(source, subfolder: str | None = "image_encoder", dtype="float32", config=None):
+    """The CLIP vision tower used by Wan2.1 I2V / FLF2V, from its folder or from one file: Wan-AI's
+    `models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth` (Wan's names) or ComfyUI's
+    `clip_vision_h.safetensors` (transformers')."""
+    from ..models.clip_vision import CLIPVisionModel
+    return build(CLIPVisionModel, open_component(source, "image_encoder", subfolder, config), dtype)
+
+
+def load_tokenizer(source, subfolder: str | None = "tokenizer"):
+    """The UMT5 tokenizer from `tokenizer.json` or `spiece.model`."""
+    from ..models.tokenizer import WanTokenizer
+    return WanTokenizer.from_pretrained(as_source(source).component(subfolder))
+
+
+def load_image_processor(source, subfolder: str | None = "image_processor"):
+    """CLIP preprocessing (resize, center crop, normalise) from `preprocessor_config.json`."""
+    from ..models.clip_vision import CLIPImageProcessor
+    return CLIPImageProcessor.from_pretrained(as_source(source).component(subfolder))
