@@ -50,6 +50,35 @@ def test_repo_id_resolves_through_the_hub_cache(hub_cache, tiny):
         assert n1 == n2 and np.array_equal(p1.asnumpy(), p2.asnumpy())
 
 
+def test_a_hub_source_is_resolved_once_and_fetched_per_component(hub_cache, monkeypatch):
+    # The whole pipeline from a repo id: one Source, each folder fetched once, only those asked for.
+    import nodes.wan.checkpoints.source as source_mod
+    from nodes.wan import as_source, load_pipeline
+    fetched = []
+    real = source_mod._hub_snapshot
+    monkeypatch.setattr(source_mod, "_hub_snapshot", lambda repo, sub: fetched.append(sub) or real(repo, sub))
+    src = as_source(REPO)
+    assert (src.kind, src.repo, src.path) == ("hub", REPO, None)
+    pipe = load_pipeline(src)
+    components = [s for s in fetched if s != "-"]
+    assert sorted(components) == sorted(set(components)), f"a folder was fetched twice: {fetched}"
+    assert set(components) == {"transformer", "scheduler", "text_encoder", "tokenizer", "vae"}
+    assert pipe.denoiser.transformer_2 is None
+
+
+def test_a_single_file_component_carries_its_format_key_map_and_config(tmp_path, tiny):
+    from nodes.wan.checkpoints.loaders import DIFFUSERS, ORIGINAL, open_component
+    from nodes.wan.checkpoints.original_format import original_key
+    comp = open_component("tiny", "transformer", "transformer")
+    assert comp.format == DIFFUSERS and comp.key_map is None and comp.config["num_layers"] >= 1
+    f = SafetensorsFile(tiny / "transformer" / "diffusion_pytorch_model.safetensors")
+    original = {original_key(k): f.get(k) for k in f.keys()}
+    save_file({"model.diffusion_model." + k: v for k, v in original.items()}, tmp_path / "t.safetensors")
+    comp = open_component(tmp_path / "t.safetensors", "transformer")
+    assert comp.format == ORIGINAL and comp.key_map is original_key and comp.path == tmp_path / "t.safetensors"
+    assert comp.config["num_layers"] == json.loads((tiny / "transformer" / "config.json").read_text())["num_layers"]
+
+
 def test_offline_with_nothing_cached_names_repo_and_command(hub_cache):
     with pytest.raises(FileNotFoundError) as info:
         load_vae("Wan-AI/Wan2.1-T2V-1.3B-Diffusers")
