@@ -45,7 +45,7 @@ def _one_frame(images, which: int) -> np.ndarray:
 
 
 @register_node
-class WanImageToVideo(Node):
+class WanImageConditioning(Node):
     CATEGORY = "conditioning/wan"
     DESCRIPTION = ("Conditions a Wan image-to-video model on a start image (and, for FLF2V, an end image), as "
                    "diffusers' WanImageToVideoPipeline: the image is resized to width×height (Lanczos), the "

@@ -16,7 +16,7 @@ def _frames(images) -> np.ndarray:
 
 
 @register_node
-class SaveVideo(Node):
+class SaveImagesAsVideo(Node):
     CATEGORY = "image/video"
     DESCRIPTION = "Saves frames as an H.264 MP4 (yuv420p) or an animated WebP."
     INPUTS = [Input("images", "IMAGE"),
@@ -91,7 +91,7 @@ class LoadImage(Node):
 
 
 @register_node
-class LoadVideo(Node):
+class LoadVideoFrames(Node):
     CATEGORY = "image/video"
     DESCRIPTION = "Loads a video file's frames [N, H, W, 3] in 0..1 and its frame rate."
     INPUTS = [Input("path", "STRING", default=""),

@@ -13,13 +13,13 @@ def _check_inputs(model, latent_channels: int, positive) -> None:
     if latent_channels + concat != model.in_channels:
         if concat == 0 and model.in_channels > latent_channels:
             raise ValueError(f"the model is an image-to-video model ({model.in_channels} input channels): feed "
-                             "WanDenoise the positive, negative and latent outputs of WanImageToVideo")
+                             "WanDenoise the positive, negative and latent outputs of WanImageConditioning")
         raise ValueError(f"the latent has {latent_channels} channels"
                          + (f" and the image conditioning {concat}" if concat else "")
                          + f" but the model takes {model.in_channels}; use the matching VAE for the latent")
     if model.config.get("image_dim") is not None and positive.image_embeds is None:
         raise ValueError("this model needs CLIP image embeddings but the conditioning has none: connect a "
-                         "WanCLIPVisionEncode output to WanImageToVideo's `clip_vision_output` input")
+                         "WanCLIPVisionEncode output to WanImageConditioning's `clip_vision_output` input")
 
 
 @register_node

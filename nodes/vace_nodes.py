@@ -16,7 +16,7 @@ def _frames(images):
 
 
 @register_node
-class WanVaceToVideo(Node):
+class WanVaceConditioning(Node):
     CATEGORY = "conditioning/wan"
     DESCRIPTION = ("Conditions a Wan VACE model on a control video (kept where the mask is black, regenerated "
                    "where it is white) and optional reference images; gives the latent to denoise and how many "

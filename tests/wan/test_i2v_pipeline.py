@@ -91,7 +91,7 @@ def i2v_graph(source, start, *, kind="wan21", end=None, clip=True, guidance=5.0,
         if end is not None:
             cond["clip_vision_end_output"] = g.node("WanCLIPVisionEncode", clip_vision=vision[0],
                                                     image=cond["end_image"])[0]
-    i2v = g.node("WanImageToVideo", **cond)
+    i2v = g.node("WanImageConditioning", **cond)
     common = dict(model=loader[0], positive=i2v[0], negative=i2v[1], seed=seed, steps=STEPS, guidance=guidance,
                   guidance_2=guidance_2, scheduler="unipc", shift=0.0)
     if stages is None:
@@ -229,7 +229,7 @@ def test_missing_clip_vision_output_is_named(wan21, images, tmp_path):
     with pytest.raises(Exception) as info:
         run_frames(tmp_path, i2v_graph(folder, images[0], clip=False))
     text = str(info.value) + repr(getattr(info.value, "__cause__", ""))
-    assert "WanImageToVideo" in text and "clip_vision_output" in text
+    assert "WanImageConditioning" in text and "clip_vision_output" in text
 
 
 def test_i2v_templates_validate():

@@ -52,7 +52,7 @@ def test_interrupt_during_denoise_leaves_no_partial_output(tmp_path):
     with pytest.raises(Interrupted) as info:
         ex.run(Workflow.load(TINY))
     statuses = {r.class_type: r.status for r in info.value.result.report.values()}
-    assert statuses["WanDenoise"] == "interrupted" and statuses["SaveVideo"] == "not_run"
+    assert statuses["WanDenoise"] == "interrupted" and statuses["SaveImagesAsVideo"] == "not_run"
     assert statuses["WanPipelineLoader"] == "executed"
     assert not [p for p in tmp_path.rglob("*") if p.is_file()], "no file may be written"
     # a re-run resumes: the loader and text encodes come from the cache

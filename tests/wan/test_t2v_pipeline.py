@@ -48,7 +48,7 @@ def t2v_graph(source, *, steps=3, guidance=5.0, scheduler="unipc", seed=0, negat
         den = g.node("WanDenoise", latent=first[0], start_step=k, add_noise=False, **common)
     dec = g.node("WanVAEDecode", vae=loader[2], latent=den[0])
     g.node("SaveTensor", tensor=dec[0], filename_prefix=prefix, format="npy")
-    g.node("SaveVideo", images=dec[0], filename_prefix=prefix, fps=16.0)
+    g.node("SaveImagesAsVideo", images=dec[0], filename_prefix=prefix, fps=16.0)
     return g, dec
 
 
@@ -123,13 +123,13 @@ def test_cached_rerun_reexecutes_only_what_changed(tiny, tmp_path):
     report = ex.run(Workflow.from_dict(d)).report
     executed = {report[i].class_type if hasattr(report[i], "class_type") else d[i]["class_type"]
                 for i in d if isinstance(d[i], dict) and "class_type" in d[i] and report[i].status == "executed"}
-    assert executed == {"WanDenoise", "WanVAEDecode", "SaveTensor", "SaveVideo"}
+    assert executed == {"WanDenoise", "WanVAEDecode", "SaveTensor", "SaveImagesAsVideo"}
     pos = next(i for i, n in d.items() if isinstance(n, dict) and n.get("inputs", {}).get("text") == PROMPT)
     d[pos]["inputs"]["text"] = "a blue bird"
     report = ex.run(Workflow.from_dict(d)).report
     executed = {d[i]["class_type"] + ("+" if i == pos else "") for i in d
                 if isinstance(d[i], dict) and "class_type" in d[i] and report[i].status == "executed"}
-    assert executed == {"WanTextEncode+", "WanDenoise", "WanVAEDecode", "SaveTensor", "SaveVideo"}
+    assert executed == {"WanTextEncode+", "WanDenoise", "WanVAEDecode", "SaveTensor", "SaveImagesAsVideo"}
     assert report[next(i for i in d if d[i].get("class_type") == "WanPipelineLoader")].status == "cached"
 
 

@@ -1,4 +1,4 @@
-"""Video-to-video with the existing nodes (LoadVideo -> WanVAEEncode -> WanDenoise from a later
+"""Video-to-video with the existing nodes (LoadVideoFrames -> WanVAEEncode -> WanDenoise from a later
 step) against diffusers' WanVideoToVideoPipeline on a tiny random pipeline."""
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def test_v2v_matches_diffusers(setup, steps, strength, size, monkeypatch):
     load = g.node("WanPipelineLoader", source=str(tmp / "pipe"))
     pos = g.node("WanTextEncode", text_encoder=load[1], text="a wave")
     neg = g.node("WanTextEncode", text_encoder=load[1], text="")
-    vid = g.node("LoadVideo", path=str(video))
+    vid = g.node("LoadVideoFrames", path=str(video))
     frames = vid[0] if size == H else g.node("ImageResize", images=vid[0], width=W, height=H)[0]
     enc = g.node("WanVAEEncode", vae=load[2], images=frames)
     den = g.node("WanDenoise", model=load[0], positive=pos[0], negative=neg[0], latent=enc[0], steps=steps,

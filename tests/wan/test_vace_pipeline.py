@@ -1,4 +1,4 @@
-"""VACE end to end: WanVaceToVideo -> WanDenoise -> WanTrimVideoLatent -> decode, against diffusers'
+"""VACE end to end: WanVaceConditioning -> WanDenoise -> WanTrimVideoLatent -> decode, against diffusers'
 WanVACEPipeline on a tiny random VACE model (control video, mask, reference images)."""
 from __future__ import annotations
 
@@ -66,12 +66,12 @@ def test_vace_matches_diffusers(vace, use_video, use_mask, use_ref, strength):
     neg = g.node("WanTextEncode", text_encoder=load[1], text="")
     kw = {}
     if use_video:
-        kw["control_video"] = g.node("LoadVideo", path=str(paths["video"]))[0]
+        kw["control_video"] = g.node("LoadVideoFrames", path=str(paths["video"]))[0]
     if use_mask:
-        kw["control_masks"] = g.node("LoadVideo", path=str(paths["mask"]))[0]
+        kw["control_masks"] = g.node("LoadVideoFrames", path=str(paths["mask"]))[0]
     if use_ref:
         kw["reference_image"] = g.node("LoadImage", path=str(paths[use_ref]))[0]
-    vc = g.node("WanVaceToVideo", positive=pos[0], negative=neg[0], vae=load[2], width=W, height=H, num_frames=F,
+    vc = g.node("WanVaceConditioning", positive=pos[0], negative=neg[0], vae=load[2], width=W, height=H, num_frames=F,
                 strength=strength, **kw)
     den = g.node("WanDenoise", model=load[0], positive=vc[0], negative=vc[1], latent=vc[2], steps=3, guidance=4.0,
                  noise=g.node("WanLoadNoise", path=str(tmp / "noise.npy"))[0])

@@ -122,13 +122,13 @@ def check_conditioning(denoiser: WanDenoiser, latent_channels: int, cond) -> Non
         if cond.concat_channels == 0 and expected > latent_channels:
             raise ValueError(f"the model takes {expected} input channels ({expected - latent_channels} of image "
                              f"conditioning) but the conditioning carries no image latents: condition it on a "
-                             f"start image (WanImageToVideo)")
+                             f"start image (WanImageConditioning)")
         raise ValueError(f"latent ({latent_channels} channels) plus image conditioning ({cond.concat_channels}) "
                          f"give {got} channels but the model takes {expected}")
     if denoiser.config.get("image_dim") is not None and cond.image_embeds is None:
         raise ValueError("the model attends to CLIP image embeddings (image_dim "
                          f"{denoiser.config['image_dim']}) but the conditioning has none: pass image embeds "
-                         "(WanImageToVideo's clip_vision_output input, from WanCLIPVisionEncode)")
+                         "(WanImageConditioning's clip_vision_output input, from WanCLIPVisionEncode)")
 
 
 def denoise(denoiser: WanDenoiser, positive, negative, *, steps: int, guidance: float,
