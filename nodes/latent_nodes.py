@@ -2,7 +2,9 @@
 
 LATENT values are dicts `{"samples": [B, C, T, H, W]}` in the model's
 normalised latent space (what the scheduler steps, what diffusers returns for
-`output_type="latent"`); VAE encode/decode apply the VAE's mean/std. An empty
+`output_type="latent"`), marked `"normalized": True`; VAE encode/decode apply the VAE's
+mean/std. ComfyUI's nodes hold raw VAE latents (`"normalized": False`); every consumer
+converts through `nodes.wan.pipelines.latent_space`. An empty
 latent carries `"empty": True`: denoising starts from pure noise, as the
 text-to-video pipelines do.
 """
@@ -64,7 +66,7 @@ class WanEmptyLatentVideo(Node):
         if errors:
             raise ValueError("; ".join(errors))
         shape = (batch, z, (num_frames - 1) // t + 1, height // s, width // s)
-        return ({"samples": ms.Tensor(np.zeros(shape, np.float32)), "empty": True},)
+        return ({"samples": ms.Tensor(np.zeros(shape, np.float32)), "empty": True, "normalized": True},)
 
 
 class SeedNoise:

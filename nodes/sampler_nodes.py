@@ -63,8 +63,9 @@ class WanDenoise(Node):
     def execute(self, ctx, model, positive, latent, seed, steps, guidance, scheduler, shift, negative=None,
                 guidance_2=0.0, start_step=0, end_step=10000, add_noise=True, return_with_leftover_noise=True,
                 noise=None):
+        from .wan.pipelines.latent_space import normalized_samples
         from .wan.pipelines.sampling import denoise
-        samples = latent["samples"]
+        samples = normalized_samples(latent)
         _check_inputs(model, samples.shape[1], positive)
         if guidance > 1.0 and negative is None:
             raise ValueError("guidance > 1 needs a negative conditioning (an empty-prompt text encode gives "
@@ -79,7 +80,7 @@ class WanDenoise(Node):
             start_step=start_step, end_step=end_step, add_noise=add_noise and not resume,
             state=state if resume else None, leftover_noise=return_with_leftover_noise,
             callback=ctx.progress)
-        out = {"samples": x}
+        out = {"samples": x, "normalized": True}
         if new_state is not None:
             out["sampler_state"] = new_state
         return (out,)

@@ -15,8 +15,9 @@ class WanVAEDecode(Node):
     OUTPUTS = [Output("images", "IMAGE")]
 
     def execute(self, ctx, vae, latent, tiled=False):
+        from .wan.pipelines.latent_space import is_normalized
         from .wan.pipelines.pipeline import decode_latents
-        frames = decode_latents(vae, latent["samples"], tiled=tiled)
+        frames = decode_latents(vae, latent["samples"], tiled=tiled, normalized=is_normalized(latent))
         return (frames.reshape((-1,) + frames.shape[2:]),)
 
 
@@ -33,4 +34,4 @@ class WanVAEEncode(Node):
         frames = np.asarray(images, np.float32)
         video = ms.Tensor(frames.transpose(3, 0, 1, 2)[None] * 2.0 - 1.0).astype(vae.dtype)
         posterior = vae.encode(video, tiled=tiled) if tiled else vae.encode(video)
-        return ({"samples": vae.normalize_latents(posterior.mean).astype(ms.float32)},)
+        return ({"samples": vae.normalize_latents(posterior.mean).astype(ms.float32), "normalized": True},)

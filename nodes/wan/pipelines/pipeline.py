@@ -26,10 +26,11 @@ from .noise import make_noise
 from .sampling import denoise
 
 
-def decode_latents(vae, latents: ms.Tensor, tiled: bool = False) -> np.ndarray:
-    """Un-normalise, decode and post-process as diffusers (output_type="np"):
-    frames [B, F, H, W, 3] float32 in 0..1."""
-    z = vae.denormalize_latents(latents.astype(vae.dtype))
+def decode_latents(vae, latents: ms.Tensor, tiled: bool = False, normalized: bool = True) -> np.ndarray:
+    """Un-normalise (unless the latents are raw VAE latents), decode and post-process as diffusers
+    (output_type="np"): frames [B, F, H, W, 3] float32 in 0..1."""
+    z = latents.astype(vae.dtype)
+    z = vae.denormalize_latents(z) if normalized else z
     video = vae.decode(z, tiled=tiled) if tiled else vae.decode(z)
     video = (video.astype(ms.float32) / 2 + 0.5).clamp(0, 1)
     return video.asnumpy().transpose(0, 2, 3, 4, 1)
