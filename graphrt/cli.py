@@ -1,4 +1,4 @@
-"""Command line: `python -m graphrt run|validate|nodes|params ...`.
+"""Command line: `python -m graphrt run|validate|nodes|params|serve ...`.
 
 Exit codes: 0 success, 1 a node failed, 2 invalid workflow, 130 interrupted.
 """
@@ -168,6 +168,14 @@ def cmd_params(a) -> int:
     return EXIT_OK
 
 
+def cmd_serve(a) -> int:
+    from .server import ServerConfig, serve
+    return serve(ServerConfig(listen=a.listen, port=a.port, models_dir=a.models_dir, output_dir=a.output_dir,
+                              input_dir=a.input_dir, temp_dir=a.temp_dir, user_dir=a.user_dir,
+                              queue_db=a.queue_db, cache=a.cache, max_upload_mb=a.max_upload_size,
+                              front_end_root=a.front_end_root))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="graphrt", description="Run node-graph workflows (ComfyUI API format).")
     p.add_argument("--nodes", action="append", default=[], metavar="MODULE",
@@ -191,7 +199,20 @@ def build_parser() -> argparse.ArgumentParser:
     pp = sub.add_parser("params", help="list a template's parameters")
     pp.add_argument("workflow")
     pp.set_defaults(fn=cmd_params)
-    for sp in (r, v, n, pp):
+    sv = sub.add_parser("serve", help="serve ComfyUI's HTTP/WebSocket API and web page")
+    sv.add_argument("--listen", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=int, default=8188, help="0 picks a free port")
+    sv.add_argument("--models-dir", default="models", help="ComfyUI-style models folder")
+    sv.add_argument("--output-dir", default="output")
+    sv.add_argument("--input-dir", default="input", help="where uploads go")
+    sv.add_argument("--temp-dir", default="temp")
+    sv.add_argument("--user-dir", default="user", help="settings, saved workflows and the queue database")
+    sv.add_argument("--queue-db", default=None, help="the queue's sqlite file (default USER_DIR/queue.sqlite3)")
+    sv.add_argument("--cache", default="last-run", help="last-run | lru:N | budget:8GB | none")
+    sv.add_argument("--max-upload-size", type=float, default=100.0, metavar="MB")
+    sv.add_argument("--front-end-root", default=None, help="serve this web page folder instead of the package's")
+    sv.set_defaults(fn=cmd_serve)
+    for sp in (r, v, n, pp, sv):
         sp.add_argument("--nodes", action="append", default=[], dest="sub_nodes", metavar="MODULE",
                         help="import an extra node module (repeatable)")
     return p

@@ -6,9 +6,10 @@ from dataclasses import asdict, dataclass, field
 
 
 class Event:
-    """A run event: `type` is one of run_started, node_started, progress, node_finished
-    (with `cached`), node_failed, interrupted, run_finished; `node_id`/`class_type`
-    name the node where it applies; other fields depend on the type."""
+    """A run event: `type` is one of run_started (with `cached`: the ids of the nodes the
+    cache will serve), node_started, progress, preview (with `image`), node_finished (with
+    `cached` and the node's `ui` info), node_failed, interrupted, run_finished; `node_id` and
+    `class_type` name the node where it applies; other fields depend on the type."""
     __slots__ = ("type", "node_id", "class_type", "data")
 
     def __init__(self, type: str, node_id=None, class_type=None, **data):
@@ -22,7 +23,7 @@ class Event:
 
     def to_dict(self) -> dict:
         return {"type": self.type, "node_id": self.node_id, "class_type": self.class_type,
-                **{k: v for k, v in self.data.items() if k != "result"}}
+                **{k: v for k, v in self.data.items() if k not in ("result", "image")}}
 
     def __repr__(self):
         return f"Event({self.to_dict()})"

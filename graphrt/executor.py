@@ -102,14 +102,24 @@ class Executor:
         self.cache = OutputCache(cache)
         self.output_dir = Path(output_dir)
         self._subscribers = [on_event] if on_event else []
+        self._previewers: list = []
         self._interrupt = threading.Event()
         self._plans: dict = {}
+        self._ui: dict[str, dict] = {}       # signature -> UI info of a cached output node
 
     # -- events and interrupts -----------------------------------------------------------
-    def subscribe(self, callback):
-        """Call `callback(event)` for every event; returns a function that unsubscribes."""
+    def subscribe(self, callback, previews: bool = False):
+        """Call `callback(event)` for every event (`preview` events too if `previews`: nodes
+        build previews only while such a subscriber exists); returns a function that unsubscribes."""
         self._subscribers.append(callback)
-        return lambda: self._subscribers.remove(callback) if callback in self._subscribers else None
+        if previews:
+            self._previewers.append(callback)
+
+        def unsubscribe():
+            for group in (self._subscribers, self._previewers):
+                if callback in group:
+                    group.remove(callback)
+        return unsubscribe
 
     def _emit(self, type_, node_id=None, class_type=None, **data):
         if self._subscribers:
@@ -180,26 +190,29 @@ class Executor:
         t_run = time.perf_counter()
         report = RunReport((nid, NodeReport(nid, n["class_type"], (n.get("_meta") or {}).get("title")))
                            for nid, n in plan.nodes.items())
-        self._emit("run_started", nodes=len(plan.nodes))
         state = _RunState(self, plan, report)
+        if self._subscribers:
+            needed = plan.strict_closure(plan.targets)
+            self._emit("run_started", nodes=len(plan.nodes),
+                       cached=[nid for nid in plan.order if nid in needed and state.sigs[nid] in self.cache])
         try:
             state.run_set(plan.strict_closure(plan.targets))
         except InterruptedRun:
             node = state.current
             if node is not None:
                 report[node].status = "interrupted"
-            self.cache.end_run()
+            self._end_run()
             result = RunResult({}, report, time.perf_counter() - t_run)
             self._emit("interrupted", node, report[node].class_type if node else None, result=result)
             raise Interrupted(node, result) from None
         except _NodeFailed as f:
-            self.cache.end_run()
+            self._end_run()
             result = RunResult({}, report, time.perf_counter() - t_run)
             self._emit("node_failed", f.node_id, report[f.node_id].class_type, error=report[f.node_id].error,
                        result=result)
             raise NodeExecutionError(f.node_id, report[f.node_id].class_type, f.inputs_summary, f.original,
                                      f.tb, result) from f.original
-        self.cache.end_run()
+        self._end_run()
         outputs = {}
         for nid in plan.targets:
             cls = plan.cls[nid]
@@ -209,6 +222,12 @@ class Executor:
                            {nid: r.ui for nid, r in report.items() if r.ui})
         self._emit("run_finished", seconds=result.seconds, summary=report.summary(), result=result)
         return result
+
+    def _end_run(self):
+        self.cache.end_run()
+        if self._ui:
+            for sig in [k for k in self._ui if k not in self.cache]:
+                del self._ui[sig]
 
 
 class _NodeFailed(Exception):
@@ -287,12 +306,14 @@ class _RunState:
         if hit is not None:
             self.values[nid] = hit
             rep.status = "cached"
+            rep.ui = ex._ui.get(self.sigs[nid], rep.ui)
             self.done.add(nid)
             self._release(nid)
-            ex._emit("node_finished", nid, ctype, seconds=0.0, cached=True)
+            ex._emit("node_finished", nid, ctype, seconds=0.0, cached=True, ui=rep.ui)
             return
         ex._emit("node_started", nid, ctype)
-        ctx = NodeContext(nid, ctype, ex.output_dir, self._progress, ex._interrupt.is_set)
+        ctx = NodeContext(nid, ctype, ex.output_dir, self._progress, ex._interrupt.is_set,
+                          _preview=self._preview if ex._previewers else None)
         instance = cls()
         inputs = self._gather(nid)
         t0 = time.perf_counter()
@@ -331,10 +352,12 @@ class _RunState:
         rep.status = "executed"
         rep.ui = ctx.ui_info
         ex.cache.put(self.sigs[nid], out)
+        if rep.ui:
+            ex._ui[self.sigs[nid]] = rep.ui
         self.values[nid] = out
         self.done.add(nid)
         self._release(nid)
-        ex._emit("node_finished", nid, ctype, seconds=rep.seconds, cached=False)
+        ex._emit("node_finished", nid, ctype, seconds=rep.seconds, cached=False, ui=rep.ui)
 
     def _lazy_src(self, nid, name):
         for inp, src, _, lazy in self.plan.links[nid]:
@@ -361,3 +384,8 @@ class _RunState:
 
     def _progress(self, node_id, value, total):
         self.ex._emit("progress", node_id, self.report[node_id].class_type, value=value, max=total)
+
+    def _preview(self, node_id, image):
+        event = Event("preview", node_id, self.report[node_id].class_type, image=image)
+        for cb in list(self.ex._previewers):
+            cb(event)

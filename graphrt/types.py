@@ -128,6 +128,7 @@ class NodeContext:
     _interrupted: Callable[[], bool]
     ui_info: dict = field(default_factory=dict)
     logs: list = field(default_factory=list)
+    _preview: Callable[[str, Any], None] | None = None
 
     @property
     def output_dir(self) -> Path:
@@ -142,6 +143,17 @@ class NodeContext:
         """Report progress (value of total) and stop here if an interrupt was asked for."""
         self._progress(self.node_id, value, total)
         self.check_interrupt()
+
+    @property
+    def wants_preview(self) -> bool:
+        """True when a subscriber asked for previews (the server, for its web page): build one only then."""
+        return self._preview is not None
+
+    def preview(self, image) -> None:
+        """Show `image` as this node's live preview: frames [H, W, 3] or [N, H, W, 3]
+        (the first is shown) in 0..1 or uint8, or a PIL image. Free when nobody listens."""
+        if self._preview is not None:
+            self._preview(self.node_id, image)
 
     def ui(self, **info) -> None:
         self.ui_info.update(info)

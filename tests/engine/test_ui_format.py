@@ -91,10 +91,10 @@ def test_ui_workflow_runs(tmp_path):
 def test_ui_workflow_errors_name_the_node():
     load_node_packs()
     ui = t2v_ui()
-    ui["nodes"][3]["type"] = "EmptyHunyuanLatentVideo"
+    ui["nodes"][3]["type"] = "SomeCustomNodeNotInstalled"
     with pytest.raises(WorkflowError) as e:
         Workflow.from_dict(ui)
-    assert "node 4 (EmptyHunyuanLatentVideo)" in str(e.value) and "unknown node type" in str(e.value)
+    assert "node 4 (SomeCustomNodeNotInstalled)" in str(e.value) and "unknown node type" in str(e.value)
 
 
 
@@ -198,11 +198,11 @@ def test_subgraph_errors_name_the_inner_node():
     load_node_packs()
     ui = subgraph_ui()
     sampler = json.loads(json.dumps(SAMPLER))
-    sampler["nodes"][1]["type"] = "KSampler"
+    sampler["nodes"][1]["type"] = "SomeCustomSampler"
     ui["definitions"]["subgraphs"][0] = sampler
     with pytest.raises(WorkflowError) as e:
         Workflow.from_dict(ui)
-    assert "node 20:3 (KSampler)" in str(e.value) and "unknown node type" in str(e.value)
+    assert "node 20:3 (SomeCustomSampler)" in str(e.value) and "unknown node type" in str(e.value)
     prompts = json.loads(json.dumps(PROMPTS))
     prompts["nodes"].append(_node(9, "9a7c-sampler", []))
     ui = subgraph_ui()
