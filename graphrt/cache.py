@@ -49,14 +49,20 @@ class Entry:
     nbytes: int
     last_run: int
     last_tick: int
+    on_disk: bool = False
 
 
 class OutputCache:
-    """Policies: 'last-run' (default), 'lru:N', 'budget:SIZE' (e.g. 8GB), 'none'."""
+    """Policies: 'last-run' (default), 'lru:N', 'budget:SIZE' (e.g. 8GB), 'none'.
 
-    def __init__(self, policy: str = "last-run"):
+    With a `disk` tier (`disk_cache.DiskTier`), outputs of nodes that ask for it (`DISK_CACHE`)
+    and outputs the budget evicts are also written there, and a lookup that misses in memory is
+    served from disk, across runs and processes."""
+
+    def __init__(self, policy: str = "last-run", disk=None):
         self.policy = policy
         self.kind, self.limit = self.parse(policy)
+        self.disk = disk
         self.entries: dict[str, Entry] = {}
         self.run_id = 0
         self._tick = 0
@@ -84,16 +90,34 @@ class OutputCache:
     def get(self, sig: str):
         e = self.entries.get(sig)
         if e is None:
-            return None
+            value = self.disk.get(sig) if self.disk is not None else None
+            if value is not None:
+                self._store(sig, value, on_disk=True)
+            return value
         self._tick += 1
         e.last_run, e.last_tick = self.run_id, self._tick
         return e.outputs
 
-    def put(self, sig: str, outputs: tuple) -> None:
+    def touch(self, sig: str) -> bool:
+        """Count `sig` as used by this run without loading it; False if it is in no tier."""
+        e = self.entries.get(sig)
+        if e is not None:
+            self._tick += 1
+            e.last_run, e.last_tick = self.run_id, self._tick
+            return True
+        return self.disk is not None and sig in self.disk
+
+    def put(self, sig: str, outputs: tuple, persist: bool = False) -> None:
+        """Keep `outputs` under `sig`; `persist` also writes them to the disk tier, if there is one."""
+        on_disk = bool(persist and self.disk is not None and self.disk.put(sig, outputs))
+        if self.kind != "none":
+            self._store(sig, outputs, on_disk)
+
+    def _store(self, sig: str, outputs: tuple, on_disk: bool) -> None:
         if self.kind == "none":
             return
         self._tick += 1
-        self.entries[sig] = Entry(outputs, estimate_nbytes(outputs), self.run_id, self._tick)
+        self.entries[sig] = Entry(outputs, estimate_nbytes(outputs), self.run_id, self._tick, on_disk)
         if self.kind == "lru":
             while len(self.entries) > self.limit:
                 oldest = min(self.entries, key=lambda k: self.entries[k].last_tick)
@@ -111,9 +135,15 @@ class OutputCache:
             victim = max(self.entries, key=score)
             if victim == protect:
                 break
-            total -= self.entries.pop(victim).nbytes
+            total -= self._evict(victim).nbytes
         if protect in self.entries and self.entries[protect].nbytes > self.limit:
-            del self.entries[protect]  # larger than the whole budget: do not keep
+            self._evict(protect)  # larger than the whole budget: do not keep in memory
+
+    def _evict(self, sig: str) -> Entry:
+        e = self.entries.pop(sig)
+        if self.disk is not None and not e.on_disk:
+            self.disk.put(sig, e.outputs)      # what memory cannot hold is kept on disk where it can be
+        return e
 
     def end_run(self):
         if self.kind == "last-run":
@@ -131,4 +161,4 @@ class OutputCache:
         return len(self.entries)
 
     def __contains__(self, sig):
-        return sig in self.entries
+        return sig in self.entries or (self.disk is not None and sig in self.disk)

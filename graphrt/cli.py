@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
+from pathlib import Path
 
 from .errors import Interrupted, NodeExecutionError, WorkflowError
 from .registry import all_schemas, import_module_nodes, load_node_packs
@@ -92,7 +94,7 @@ class _Progress:
 def cmd_run(a) -> int:
     from .executor import Executor
     wf = Workflow.load(a.workflow)
-    ex = Executor(cache=a.cache, output_dir=a.output_dir)
+    ex = Executor(cache=a.cache, output_dir=a.output_dir, **disk_cache_options(a))
     ex.subscribe(_Progress())
     previous = signal.getsignal(signal.SIGINT)
 
@@ -170,10 +172,33 @@ def cmd_params(a) -> int:
 
 def cmd_serve(a) -> int:
     from .server import ServerConfig, serve
+    disk = disk_cache_options(a)
     return serve(ServerConfig(listen=a.listen, port=a.port, models_dir=a.models_dir, output_dir=a.output_dir,
                               input_dir=a.input_dir, temp_dir=a.temp_dir, user_dir=a.user_dir,
                               queue_db=a.queue_db, cache=a.cache, max_upload_mb=a.max_upload_size,
-                              front_end_root=a.front_end_root))
+                              front_end_root=a.front_end_root, cache_dir=disk["cache_dir"],
+                              cache_dir_bytes=disk["cache_dir_bytes"]))
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("GRAPHRT_HOME", Path.home() / ".cache" / "graphrt")) / "outputs"
+
+
+def disk_cache_options(a) -> dict:
+    """Executor arguments of --cache-dir / --cache-dir-size ('none' turns the disk tier off)."""
+    from .cache import OutputCache
+    if str(a.cache_dir).lower() == "none":
+        return {"cache_dir": None, "cache_dir_bytes": None}
+    kind, limit = OutputCache.parse(f"budget:{a.cache_dir_size}")
+    return {"cache_dir": a.cache_dir or default_cache_dir(), "cache_dir_bytes": limit}
+
+
+def _disk_cache_arguments(p):
+    p.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="disk tier of the output cache: text encodings, latents and whatever the memory budget "
+                        "evicts survive restarts (default $GRAPHRT_HOME/outputs, ~/.cache/graphrt/outputs; "
+                        "'none' turns it off)")
+    p.add_argument("--cache-dir-size", default="20GB", help="the disk tier's size (oldest-used entries go first)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -188,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--output-dir", default="output")
     r.add_argument("--cache", default="last-run", help="last-run | lru:N | budget:8GB | none")
     r.add_argument("--target", action="append", default=[], help="run only what this node needs (repeatable)")
+    _disk_cache_arguments(r)
     r.set_defaults(fn=cmd_run)
     v = sub.add_parser("validate", help="check a workflow without running it")
     v.add_argument("workflow")
@@ -210,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--queue-db", default=None, help="the queue's sqlite file (default USER_DIR/queue.sqlite3)")
     sv.add_argument("--cache", default="last-run", help="last-run | lru:N | budget:8GB | none")
     sv.add_argument("--max-upload-size", type=float, default=100.0, metavar="MB")
+    _disk_cache_arguments(sv)
     sv.add_argument("--front-end-root", default=None, help="serve this web page folder instead of the package's")
     sv.set_defaults(fn=cmd_serve)
     for sp in (r, v, n, pp, sv):

@@ -15,6 +15,7 @@ from pathlib import Path
 import networkx as nx
 
 from .cache import OutputCache, signature
+from .disk_cache import DiskTier
 from .errors import Interrupted, NodeExecutionError, ValidationError, WorkflowError
 from .events import Event, NodeReport, RunReport
 from .registry import get_node_class, load_node_packs, registry_version
@@ -96,10 +97,12 @@ class Executor:
     """Runs workflows, keeping node outputs cached across runs (see OutputCache)."""
 
     def __init__(self, cache: str = "last-run", output_dir: str | Path = "output", on_event=None,
-                 load_packs: bool = True):
+                 load_packs: bool = True, cache_dir: str | Path | None = None, cache_dir_bytes: int | None = None):
+        """`cache_dir` adds the disk tier (see disk_cache): outputs of `DISK_CACHE` nodes and what the
+        budget evicts are kept there, at most `cache_dir_bytes`, and survive the process."""
         if load_packs:
             load_node_packs()
-        self.cache = OutputCache(cache)
+        self.cache = OutputCache(cache, disk=DiskTier(cache_dir, cache_dir_bytes) if cache_dir else None)
         self.output_dir = Path(output_dir)
         self._subscribers = [on_event] if on_event else []
         self._previewers: list = []
@@ -191,12 +194,15 @@ class Executor:
         report = RunReport((nid, NodeReport(nid, n["class_type"], (n.get("_meta") or {}).get("title")))
                            for nid, n in plan.nodes.items())
         state = _RunState(self, plan, report)
+        closure, needed = plan.strict_closure(plan.targets), state.demand(plan.targets)
+        for nid in closure - needed:          # upstream of a cached node: kept, reported, not loaded
+            if self.cache.touch(state.sigs[nid]):
+                report[nid].status = "cached"
         if self._subscribers:
-            needed = plan.strict_closure(plan.targets)
             self._emit("run_started", nodes=len(plan.nodes),
-                       cached=[nid for nid in plan.order if nid in needed and state.sigs[nid] in self.cache])
+                       cached=[nid for nid in plan.order if nid in closure and state.sigs[nid] in self.cache])
         try:
-            state.run_set(plan.strict_closure(plan.targets))
+            state.run_set(needed)
         except InterruptedRun:
             node = state.current
             if node is not None:
@@ -274,6 +280,20 @@ class _RunState:
             if nid not in plan.dynamic:
                 static[nid] = self.sigs[nid]
 
+    def demand(self, start) -> set:
+        """The nodes `start` needs: its ancestors, but not the inputs of a node the cache will serve
+        (as ComfyUI's execution list), so a cached text encode spares loading its encoder."""
+        seen, stack = set(), list(start)
+        while stack:
+            nid = stack.pop()
+            if nid in seen:
+                continue
+            seen.add(nid)
+            if nid not in self.done and self.sigs[nid] in self.ex.cache:
+                continue
+            stack.extend(src for _, src, _, lazy in self.plan.links[nid] if not lazy)
+        return seen
+
     def run_set(self, wanted: set):
         for nid in wanted:
             if nid in self.done:
@@ -311,6 +331,10 @@ class _RunState:
             self._release(nid)
             ex._emit("node_finished", nid, ctype, seconds=0.0, cached=True, ui=rep.ui)
             return
+        skipped = [src for _, src, _, lazy in plan.links[nid] if not lazy and src not in self.done]
+        if skipped:   # a hit foreseen by demand() is gone (evicted, or a damaged disk entry): run its inputs
+            self.run_set(self.demand(skipped) - self.done)
+            self.current = nid
         ex._emit("node_started", nid, ctype)
         ctx = NodeContext(nid, ctype, ex.output_dir, self._progress, ex._interrupt.is_set,
                           _preview=self._preview if ex._previewers else None)
@@ -351,7 +375,7 @@ class _RunState:
         rep.peak_rss = _rss()
         rep.status = "executed"
         rep.ui = ctx.ui_info
-        ex.cache.put(self.sigs[nid], out)
+        ex.cache.put(self.sigs[nid], out, persist=getattr(cls, "DISK_CACHE", False))
         if rep.ui:
             ex._ui[self.sigs[nid]] = rep.ui
         self.values[nid] = out

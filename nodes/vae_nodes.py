@@ -24,6 +24,7 @@ class WanVAEDecode(Node):
 @register_node
 class WanVAEEncode(Node):
     CATEGORY = "latent/wan"
+    DISK_CACHE = True       # a latent: cheap to store, costly to recompute (survives restarts)
     DESCRIPTION = "Encodes frames [N, H, W, 3] (N = 4k+1) to a normalised latent (the posterior mean)."
     INPUTS = [Input("vae", "VAE"), Input("images", "IMAGE"),
               Input("tiled", "BOOLEAN", default=False)]

@@ -47,6 +47,8 @@ class ServerConfig:
     cache: str = "last-run"
     max_upload_mb: float = 100.0
     front_end_root: str | None = None
+    cache_dir: str | None = None         # the output cache's disk tier (None: memory only)
+    cache_dir_bytes: int | None = None
 
 
 class BadRequest(Exception):

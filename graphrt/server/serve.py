@@ -24,7 +24,8 @@ def serve(cfg: ServerConfig, on_listening=None) -> int:
     recovered = store.recover()
     if recovered:
         log.info("%d job(s) that were running when the server stopped are queued again", recovered)
-    executor = Executor(cache=cfg.cache, output_dir=cfg.output_dir)
+    executor = Executor(cache=cfg.cache, output_dir=cfg.output_dir, cache_dir=cfg.cache_dir,
+                        cache_dir_bytes=cfg.cache_dir_bytes)
     server = Server(cfg, executor, store)
     try:
         asyncio.run(_main(server, cfg, on_listening))

@@ -199,10 +199,10 @@ def test_cache_policy_budget_evicts_by_size(runs):
     ex.run(blob_wf(500_000, 3))
     assert ex.cache.nbytes <= 1_000_000
     runs.clear()
-    ex.run(blob_wf(500_000, 3))
+    ex.run(blob_wf(500_000, 3), targets=["1"])    # the blob itself (its small consumer stays cached)
     assert runs["Blob"] == 0           # the newest entry survived
     runs.clear()
-    ex.run(blob_wf(400_000, 1))
+    ex.run(blob_wf(400_000, 1), targets=["1"])
     assert runs["Blob"] == 1           # the oldest big one was evicted
     ex2 = Executor(cache="budget:100KB")
     ex2.run(blob_wf(500_000, 9))       # larger than the whole budget: not kept
