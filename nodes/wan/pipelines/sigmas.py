@@ -9,10 +9,10 @@ for t = timestep / 1000, tabulated at t = 1/1000 ... 1000/1000.
 
 Dtypes follow ComfyUI (comfy/model_sampling.py, comfy/samplers.py): the 1000-entry table and every
 scheduler output are float32 tensors there, computed with float32 tensor arithmetic where ComfyUI uses
-tensors and in float64 where it uses Python floats; the same split is made here, so the arrays are
-equal to ComfyUI's bit for bit except where torch evaluates a float32 transcendental (pow, exp, tan in
-karras / exponential / kl_optimal) or a float32 linspace (normal, sgm_uniform, karras, exponential),
-which can differ by an ulp.
+tensors and in float64 where it uses Python floats; the same split is made here (including the fused
+multiply-adds of torch's x86 float32 linspace), so the arrays equal ComfyUI's bit for bit, except
+where torch evaluates a float32 transcendental (pow, exp, tan in karras / exponential / kl_optimal):
+those are computed in float64 and rounded, which can differ from torch's by an ulp.
 """
 from __future__ import annotations
 
