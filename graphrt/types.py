@@ -27,6 +27,9 @@ class Input:
     optional: bool = False
     lazy: bool = False
     multiline: bool = False
+    # the editor shows a "control after generate" widget (randomize / fixed / ...) after this one, and
+    # UI-format files store its value right after this input's
+    control_after_generate: bool = False
 
     def __post_init__(self):
         if isinstance(self.type, (list, tuple)):
@@ -63,6 +66,8 @@ class Input:
             opts["lazy"] = True
         if self.multiline:
             opts["multiline"] = True
+        if self.control_after_generate:
+            opts["control_after_generate"] = True
         if self.is_enum:
             opts["options"] = list(self.type)
         return opts

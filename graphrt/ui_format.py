@@ -102,7 +102,8 @@ def ui_to_api(data: dict, source: str | None = None) -> dict:
                 break
             inputs[inp.name] = values[pos]
             pos += 1
-            if inp.type == "INT" and inp.name in SEED_NAMES and pos < len(values) and values[pos] in SEED_CONTROL:
+            has_control = inp.control_after_generate or (inp.type == "INT" and inp.name in SEED_NAMES)
+            if has_control and pos < len(values) and values[pos] in SEED_CONTROL:
                 pos += 1
         for (target, name), value in primitive_values.items():
             if target == node["id"]:

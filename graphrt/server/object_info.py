@@ -32,6 +32,8 @@ def input_spec(inp: Input, choices: list | None = None) -> list:
         opts["lazy"] = True
     if inp.type == "STRING":
         opts["multiline"] = bool(inp.multiline)
+    if inp.control_after_generate:
+        opts["control_after_generate"] = True
     if inp.type == "FLOAT" and "step" in opts:
         opts["round"] = False            # keep the exact values the node declares
     if choices is not None:

@@ -209,3 +209,26 @@ def test_subgraph_errors_name_the_inner_node():
     ui["definitions"]["subgraphs"][1] = prompts
     with pytest.raises(WorkflowError, match="contains itself"):
         Workflow.from_dict(ui)
+
+
+def test_control_after_generate_values_are_skipped_for_any_input_that_declares_it():
+    # ComfyUI's PrimitiveInt has `value` (not a seed name) followed by its control widget.
+    from graphrt import Input, Node, Output, register_node
+    from graphrt.registry import unregister_node
+
+    @register_node
+    class _Counter(Node):
+        CATEGORY = "test"
+        OUTPUT_NODE = True
+        INPUTS = [Input("value", "INT", default=0, control_after_generate=True), Input("label", "STRING", default="")]
+        OUTPUTS = [Output("value", "INT")]
+
+        def execute(self, ctx, value, label):
+            return (value,)
+
+    try:
+        ui = {"nodes": [_node(1, "_Counter", [42, "fixed", "x"], outputs=[("value", "INT", [])])], "links": []}
+        assert ui_to_api(ui)["1"]["inputs"] == {"value": 42, "label": "x"}
+        assert _Counter.input_map()["value"].options()["control_after_generate"] is True
+    finally:
+        unregister_node("_Counter")
