@@ -1,5 +1,8 @@
-"""Image-to-video nodes: CLIP vision loading and encoding, and the conditioning
-of Wan2.1 I2V / FLF2V, Wan2.2 I2V A14B and TI2V-5B on a start (and end) image."""
+"""Image-to-video nodes: CLIP vision loading and encoding, the conditioning of Wan2.1 I2V /
+FLF2V, Wan2.2 I2V A14B and TI2V-5B on a start (and end) image, and `ImageList`, which gathers
+images of different sizes (an IMAGE batch cannot) into an IMAGE_LIST (e.g. VACE references).
+
+IMAGE_LIST is a tuple of single images, each [H, W, 3] float32 in 0..1, sizes free."""
 from __future__ import annotations
 
 import numpy as np
@@ -93,4 +96,43 @@ class WanImageConditioning(Node):
             vae, positive, negative, _one_frame(start_image, 0), height=height, width=width, num_frames=num_frames,
             batch=batch, last_image=None if end_image is None else _one_frame(end_image, -1), image_embeds=embeds)
         shape = (batch, vae.z_dim, (num_frames - 1) // t + 1, height // s, width // s)
-        return pos, neg, {"samples": ms.Tensor(np.zeros(shape, np.float32)), "empty": True}
+        return pos, neg, {"samples": ms.Tensor(np.zeros(shape, np.float32)), "empty": True, "normalized": True}
+
+
+IMAGE_LIST_SLOTS = 6
+
+
+def image_list_items(images, name: str) -> list[np.ndarray]:
+    """The single images [H, W, 3] of an IMAGE batch [N, H, W, 3] (or one image [H, W, 3])."""
+    frames = np.asarray(images.asnumpy() if hasattr(images, "asnumpy") else images, np.float32)
+    if frames.ndim == 3:
+        frames = frames[None]
+    if frames.ndim != 4 or frames.shape[-1] < 3:
+        raise ValueError(f"{name}: expected IMAGE frames [N, H, W, 3], got shape {tuple(frames.shape)}")
+    return [f[..., :3] for f in frames]
+
+
+@register_node
+class ImageList(Node):
+    CATEGORY = "image"
+    DESCRIPTION = ("Gathers images of any sizes into an IMAGE_LIST, in order: the `images` list first (to chain "
+                   "ImageList nodes), then image_1, image_2, … (each frame of a batch is one item). An IMAGE batch "
+                   "needs equal sizes; a list does not. WanVaceConditioning takes it as reference_images.")
+    INPUTS = ([Input("images", "IMAGE_LIST", optional=True, tooltip="A list to extend (chain ImageList nodes).")]
+              + [Input(f"image_{i}", "IMAGE", optional=True, tooltip="Appended to the list, each frame one item.")
+                 for i in range(1, IMAGE_LIST_SLOTS + 1)])
+    OUTPUTS = [Output("images", "IMAGE_LIST")]
+
+    def execute(self, ctx, images=None, **slots):
+        items = []
+        if images is not None:
+            if not isinstance(images, (list, tuple)):
+                raise ValueError(f"images: expected an IMAGE_LIST, got {type(images).__name__}")
+            for i, image in enumerate(images):
+                items += image_list_items(image, f"images[{i}]")
+        for i in range(1, IMAGE_LIST_SLOTS + 1):
+            if slots.get(f"image_{i}") is not None:
+                items += image_list_items(slots[f"image_{i}"], f"image_{i}")
+        if not items:
+            raise ValueError("ImageList has no images: connect image_1 (or more) or an `images` list")
+        return (tuple(np.ascontiguousarray(item) for item in items),)

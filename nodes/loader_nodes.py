@@ -16,6 +16,15 @@ COMPILE_TIP = ("Run the transformer blocks under ms.jit (graph mode): one graph 
 COMPILE_MODES = ["auto", "on", "off"]
 
 
+def config_tip(what: str, needs: str) -> str:
+    return (f"Empty: read the {what}'s settings off the file's tensors. Or a pipeline folder, a config.json or a "
+            f"hub repo id whose config overrides them, as diffusers' from_single_file(config=...). {needs}")
+
+
+def _config_stamp(config: str) -> str:
+    return "|config:" + source_stamp(config) if config else ""
+
+
 class _SourceNode(Node):
     @classmethod
     def fingerprint(cls, source="tiny", **_):
@@ -56,17 +65,23 @@ class WanModelLoader(_SourceNode):
                             "high-noise one)."),
               Input("boundary_ratio", "FLOAT", default=0.0, min=0.0, max=1.0, step=0.005, optional=True,
                     tooltip="Expert switch point as a fraction of 1000 timesteps; 0 keeps the model's own "
-                            "(0.875 T2V, 0.9 I2V).")]
+                            "(0.875 T2V, 0.9 I2V)."),
+              Input("config", "STRING", default="", optional=True,
+                    tooltip=config_tip("transformer", "No tensor records the head count: a file of a released "
+                                       "size (hidden size 1536, 3072 or 5120: 128-wide heads) needs none, any "
+                                       "other needs this."))]
     OUTPUTS = [Output("model", "MODEL")]
 
     @classmethod
-    def fingerprint(cls, source="tiny", low_noise_source="", **_):
-        return source_stamp(source) + ("|" + source_stamp(low_noise_source) if low_noise_source else "")
+    def fingerprint(cls, source="tiny", low_noise_source="", config="", **_):
+        return (source_stamp(source) + ("|" + source_stamp(low_noise_source) if low_noise_source else "")
+                + _config_stamp(config))
 
-    def execute(self, ctx, source, dtype="float32", compile="auto", low_noise_source="", boundary_ratio=0.0):
+    def execute(self, ctx, source, dtype="float32", compile="auto", low_noise_source="", boundary_ratio=0.0,
+                config=""):
         from .wan import load_denoiser
         return (load_denoiser(source, dtype, compile, low_noise_source=low_noise_source or None,
-                              boundary_ratio=boundary_ratio or None),)
+                              boundary_ratio=boundary_ratio or None, config=config or None),)
 
 
 @register_node
@@ -81,16 +96,20 @@ class WanTextEncoderLoader(_SourceNode):
               Input("tokenizer_source", "STRING", default="", optional=True,
                     tooltip="Where the tokenizer comes from: a pipeline folder or hub repo id with a tokenizer/ "
                             "folder. Empty: the source's own, or Wan-AI/Wan2.1-T2V-1.3B-Diffusers for a file "
-                            "(every Wan model uses the same UMT5 tokenizer).")]
+                            "(every Wan model uses the same UMT5 tokenizer)."),
+              Input("config", "STRING", default="", optional=True,
+                    tooltip=config_tip("encoder", "Layer-norm eps and attention distance are those of every "
+                                       "T5 (1e-6, 128) unless given here."))]
     OUTPUTS = [Output("text_encoder", "TEXT_ENCODER")]
 
     @classmethod
-    def fingerprint(cls, source="tiny", tokenizer_source="", **_):
-        return source_stamp(source) + ("|" + source_stamp(tokenizer_source) if tokenizer_source else "")
+    def fingerprint(cls, source="tiny", tokenizer_source="", config="", **_):
+        return (source_stamp(source) + ("|" + source_stamp(tokenizer_source) if tokenizer_source else "")
+                + _config_stamp(config))
 
-    def execute(self, ctx, source, dtype="float32", tokenizer_source=""):
+    def execute(self, ctx, source, dtype="float32", tokenizer_source="", config=""):
         from .wan import load_text
-        return (load_text(source, dtype, tokenizer_source=tokenizer_source or None),)
+        return (load_text(source, dtype, tokenizer_source=tokenizer_source or None, config=config or None),)
 
 
 @register_node
@@ -100,26 +119,40 @@ class WanVAELoader(_SourceNode):
                    "with the original / ComfyUI key names (Wan2.1_VAE.pth, wan_2.1_vae / wan2.2_vae .safetensors).")
     INPUTS = [Input("source", "STRING", default="tiny",
                     tooltip=SOURCE_TIP + " Or a Wan2.1 / Wan2.2 VAE .safetensors / .pth file."),
-              Input("dtype", DTYPES, default="float32")]
+              Input("dtype", DTYPES, default="float32"),
+              Input("config", "STRING", default="", optional=True,
+                    tooltip=config_tip("VAE", "No tensor records the latent mean and std: Wan2.1's and Wan2.2's "
+                                       "VAE files need none, any other VAE needs this."))]
     OUTPUTS = [Output("vae", "VAE")]
 
-    def execute(self, ctx, source, dtype="float32"):
+    @classmethod
+    def fingerprint(cls, source="tiny", config="", **_):
+        return source_stamp(source) + _config_stamp(config)
+
+    def execute(self, ctx, source, dtype="float32", config=""):
         from .wan import load_vae
-        return (load_vae(source, "vae", dtype),)
+        return (load_vae(source, "vae", dtype, config=config or None),)
 
 
 @register_node
 class WanLoraLoader(Node):
     CATEGORY = "loaders/wan"
-    DESCRIPTION = ("Applies a LoRA to a Wan model (diffusers/PEFT, ComfyUI/original or kohya/musubi files). The "
-                   "base model is shared, not copied; chain several of these to stack LoRAs.")
+    DESCRIPTION = ("Applies a LoRA to a Wan model (diffusers/PEFT with its saved LoraConfig, ComfyUI/original "
+                   "incl. LightX2V / CausVid / Lightning step-distillation files, or kohya/musubi), as diffusers' "
+                   "load_lora_weights does. The base model is shared, not copied; chain several of these to stack "
+                   "LoRAs. Keys not applied are listed, with the reason, in the `skipped` output and the run report.")
     INPUTS = [Input("model", "MODEL"),
               Input("lora", "STRING", default="", tooltip="Path of the LoRA .safetensors file."),
               Input("strength", "FLOAT", default=1.0, min=-10.0, max=10.0, step=0.05),
               Input("apply_to", ["transformer", "transformer_2", "both"], default="transformer", optional=True,
                     tooltip="Wan2.2 A14B: transformer is the high-noise expert, transformer_2 the low-noise one "
-                            "(Lightning LoRAs ship one file for each). Single-expert models use transformer.")]
-    OUTPUTS = [Output("model", "MODEL")]
+                            "(Lightning LoRAs ship one file for each). Single-expert models use transformer."),
+              Input("full_deltas", ["skip", "apply"], default="skip", optional=True,
+                    tooltip="The .diff / .diff_b / .diff_m deltas diffusers does not apply (norms, modulation, "
+                            "full weights other than head.head): skip them as diffusers does, or add them to the "
+                            "weights as ComfyUI and LightX2V do.")]
+    OUTPUTS = [Output("model", "MODEL"),
+               Output("skipped", "STRING", tooltip="One line per LoRA key not applied: 'key: reason'.")]
 
     @classmethod
     def fingerprint(cls, lora="", **_):
@@ -134,11 +167,11 @@ class WanLoraLoader(Node):
             return ["no LoRA file given"]
         return []
 
-    def execute(self, ctx, model, lora, strength=1.0, apply_to="transformer"):
+    def execute(self, ctx, model, lora, strength=1.0, apply_to="transformer", full_deltas="skip"):
         import os
         from .wan import read_lora, with_lora
         path = os.path.expanduser(lora)
-        changes = {}
+        changes, skipped = {}, {}
         targets = ["transformer", "transformer_2"] if apply_to == "both" else [apply_to]
         for name in targets:
             base = getattr(model, name)
@@ -146,5 +179,10 @@ class WanLoraLoader(Node):
                 if apply_to == "transformer_2":
                     raise ValueError("apply_to=transformer_2 needs a two-expert model (Wan2.2 A14B)")
                 continue
-            changes[name] = with_lora(base, read_lora(path, getattr(base, "base", base)), strength)
-        return (model.with_(**changes),)
+            weights = read_lora(path, getattr(base, "base", base), full_deltas=full_deltas == "apply")
+            skipped.update(weights.skipped)
+            changes[name] = with_lora(base, weights, strength)
+        lines = [f"{key}: {why}" for key, why in skipped.items()]
+        if lines:   # the run report keeps it, also when the node's output comes from the cache
+            ctx.ui(lora_skipped=lines)
+        return model.with_(**changes), "\n".join(lines)

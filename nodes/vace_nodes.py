@@ -1,4 +1,4 @@
-"""VACE nodes: control video / mask / reference image -> conditioning for Wan VACE models."""
+"""VACE nodes: control video / mask / reference images -> conditioning for Wan VACE models."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -35,7 +35,10 @@ class WanVaceConditioning(Node):
         Input("control_masks", "IMAGE", optional=True,
               tooltip="White = generate, black = keep the control video. None: generate everything."),
         Input("reference_image", "IMAGE", optional=True,
-              tooltip="Reference image(s) (each frame one reference), fitted into the frame on white."),
+              tooltip="Reference image(s) of one size (each frame one reference), fitted into the frame on white."),
+        Input("reference_images", "IMAGE_LIST", optional=True,
+              tooltip="Reference images of any sizes (an ImageList), each fitted into the frame on white; they "
+                      "follow reference_image's frames, in diffusers' reference_images order."),
     ]
     OUTPUTS = [Output("positive", "CONDITIONING"), Output("negative", "CONDITIONING"), Output("latent", "LATENT"),
                Output("trim_latent", "INT")]
@@ -45,11 +48,16 @@ class WanVaceConditioning(Node):
         return check_video_size(width, height, num_frames) or None
 
     def execute(self, ctx, positive, negative, vae, width, height, num_frames, strength=1.0, control_video=None,
-                control_masks=None, reference_image=None):
+                control_masks=None, reference_image=None, reference_images=None):
         import mindspore as ms
+        from .image_nodes import image_list_items
         from .wan.pipelines.vace_conditioning import VACE_CONTROL, VACE_STRENGTH, vace_control
-        refs = [] if reference_image is None else list(_frames(reference_image).reshape(
-            (-1,) + _frames(reference_image).shape[-3:]))
+        refs = [] if reference_image is None else image_list_items(reference_image, "reference_image")
+        if reference_images is not None:
+            if not isinstance(reference_images, (list, tuple)):
+                raise ValueError(f"reference_images: expected an IMAGE_LIST, got {type(reference_images).__name__}")
+            for i, image in enumerate(reference_images):
+                refs += image_list_items(image, f"reference_images[{i}]")
         control, n_refs = vace_control(vae, height, width, num_frames, video=_frames(control_video),
                                        mask=_frames(control_masks), reference_images=refs)
         control = ms.Tensor(control)
@@ -58,7 +66,8 @@ class WanVaceConditioning(Node):
         neg = replace(negative, extras={**negative.extras, **extras})
         s, t = vae.spatial_compression, vae.temporal_compression
         shape = (1, vae.z_dim, n_refs + (num_frames - 1) // t + 1, height // s, width // s)
-        return (pos, neg, {"samples": ms.Tensor(np.zeros(shape, np.float32)), "empty": True}, n_refs)
+        return (pos, neg, {"samples": ms.Tensor(np.zeros(shape, np.float32)), "empty": True, "normalized": True},
+                n_refs)
 
 
 @register_node

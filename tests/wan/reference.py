@@ -1,9 +1,24 @@
 """Builds tiny diffusers Wan pipelines (test-only: torch, diffusers, transformers)."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
+
+
+@contextlib.contextmanager
+def torch_one_thread():
+    """Run the reference on one torch thread: beside MindSpore's own thread pool on this 2-core VM, torch's
+    default two threads made a tiny pipeline call 5-15x slower (2.4-9 s vs 0.5 s); results agree within 1e-6."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
 
 TINY_TRANSFORMER = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16,
                         out_channels=16, text_dim=32, freq_dim=32, ffn_dim=32, num_layers=2, cross_attn_norm=True,
@@ -14,8 +29,12 @@ TINY_UMT5 = dict(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, relativ
                  pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
 
 
-def build_tiny_wan_pipeline(folder: Path, scheduler: str = "unipc", shift: float = 3.0, seed: int = 0):
-    """A random tiny WanPipeline saved in the diffusers layout; returns the pipeline."""
+def build_tiny_wan_pipeline(folder: Path, scheduler: str = "unipc", shift: float = 3.0, seed: int = 0,
+                            boundary_ratio: float | None = None):
+    """A random tiny WanPipeline saved in the diffusers layout; returns the pipeline.
+
+    `boundary_ratio` set: Wan2.2 A14B style, a second expert `transformer_2` (low noise) of other
+    random weights takes the steps with timestep < boundary_ratio · 1000."""
     import torch
     from diffusers import (AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler,
                            WanPipeline, WanTransformer3DModel)
@@ -39,7 +58,12 @@ def build_tiny_wan_pipeline(folder: Path, scheduler: str = "unipc", shift: float
                                         flow_shift=shift)
     else:
         sched = FlowMatchEulerDiscreteScheduler(shift=shift)
-    pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=sched)
+    transformer_2 = None
+    if boundary_ratio is not None:
+        torch.manual_seed(seed + 10)
+        transformer_2 = WanTransformer3DModel(**TINY_TRANSFORMER)
+    pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=sched,
+                       transformer_2=transformer_2, boundary_ratio=boundary_ratio)
     pipe.save_pretrained(folder)
     return pipe
 
@@ -121,7 +145,7 @@ def reference_i2v_frames(pipe, image, prompt, negative_prompt, noise: np.ndarray
                          guidance, last_image=None, guidance_2=None):
     import torch
     extra = {} if guidance_2 is None else {"guidance_scale_2": guidance_2}
-    with torch.no_grad():
+    with torch.no_grad(), torch_one_thread():
         out = pipe(image=image, last_image=last_image, prompt=prompt, negative_prompt=negative_prompt,
                    height=height, width=width, num_frames=num_frames, num_inference_steps=steps,
                    guidance_scale=guidance, latents=torch.from_numpy(noise), output_type="np", **extra)
@@ -130,8 +154,26 @@ def reference_i2v_frames(pipe, image, prompt, negative_prompt, noise: np.ndarray
 
 def reference_frames(pipe, prompt, negative_prompt, noise: np.ndarray, height, width, num_frames, steps, guidance):
     import torch
-    with torch.no_grad():
+    with torch.no_grad(), torch_one_thread():
         out = pipe(prompt=prompt, negative_prompt=negative_prompt, height=height, width=width,
                    num_frames=num_frames, num_inference_steps=steps, guidance_scale=guidance,
                    latents=torch.from_numpy(noise), output_type="np")
     return np.asarray(out.frames)
+
+
+def reference_outputs(pipe, noise: np.ndarray, **call) -> tuple[np.ndarray, np.ndarray]:
+    """(frames [B, F, H, W, 3], final latents) of any diffusers Wan pipeline for the same call, the
+    latents being its `output_type="latent"` result (normalised; VACE: reference frames not trimmed)."""
+    import torch
+    with torch.no_grad(), torch_one_thread():
+        frames = pipe(latents=torch.from_numpy(noise), output_type="np", **call).frames
+        latents = pipe(latents=torch.from_numpy(noise), output_type="latent", **call).frames
+    return np.asarray(frames), latents.float().numpy()
+
+
+def load_image_node(g, path):
+    """A LoadImage node reading `path`, whichever signature LoadImage has (ComfyUI's `image`, or `path`);
+    its output 0 is the IMAGE."""
+    from graphrt.registry import get_node_class
+    names = get_node_class("LoadImage").input_map()
+    return g.node("LoadImage", **{("image" if "image" in names else "path"): str(path)})

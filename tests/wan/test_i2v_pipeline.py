@@ -1,7 +1,10 @@
 """Image-to-video end to end: our graph on tiny diffusers WanImageToVideoPipelines' files
-against `WanImageToVideoPipeline(..., latents=noise, output_type="np")`: Wan2.1 I2V (CLIP, CFG),
-FLF2V (end image, CLIP position embedding), Wan2.2 I2V A14B (two experts, no CLIP) and
-TI2V-5B (per-token timesteps, Wan2.2 VAE)."""
+against `WanImageToVideoPipeline(..., latents=noise)`: Wan2.1 I2V (CLIP, CFG), FLF2V (end image,
+CLIP position embedding), Wan2.2 I2V A14B (two experts, no CLIP) and TI2V-5B (per-token
+timesteps, Wan2.2 VAE) with an image and, as `WanPipeline(expand_timesteps=True)`, text only.
+
+Tolerances (max |ours − diffusers| / max |diffusers|, fp32): frames (`output_type="np"`) 5e-4,
+final latents (WanDenoise's LATENT vs `output_type="latent"`) 1e-4."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,13 +15,13 @@ import pytest
 from graphrt import Executor, GraphBuilder, Workflow
 from graphrt.registry import load_node_packs
 from tests.wan.parity import rel_err
-from tests.wan.reference import build_tiny_wan_i2v_pipeline, reference_i2v_frames
+from tests.wan.reference import build_tiny_wan_i2v_pipeline, load_image_node, reference_outputs
 
 from nodes.wan.pipelines.noise import make_noise
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPT, NEGATIVE = "a red fox running in the snow", "blurry, static"
-TOL = 1e-4
+FRAMES_TOL, LATENT_TOL = 5e-4, 1e-4
 STEPS = 3
 SIZES = {"wan21": (32, 48, 9), "flf2v": (32, 48, 9), "wan22": (32, 48, 9), "ti2v": (32, 64, 9)}
 
@@ -80,11 +83,11 @@ def i2v_graph(source, start, *, kind="wan21", end=None, clip=True, guidance=5.0,
     loader = g.node("WanPipelineLoader", source=str(source))
     pos = g.node("WanTextEncode", text_encoder=loader[1], text=PROMPT)
     neg = g.node("WanTextEncode", text_encoder=loader[1], text=NEGATIVE)
-    first = g.node("LoadImage", path=str(start))
+    first = load_image_node(g, start)
     cond = dict(positive=pos[0], negative=neg[0], vae=loader[2], width=width or w, height=height or h,
                 num_frames=num_frames or f, batch=1, start_image=first[0])
     if end is not None:
-        cond["end_image"] = g.node("LoadImage", path=str(end))[0]
+        cond["end_image"] = load_image_node(g, end)[0]
     if clip:
         vision = g.node("WanCLIPVisionLoader", source=str(source))
         cond["clip_vision_output"] = g.node("WanCLIPVisionEncode", clip_vision=vision[0], image=first[0])[0]
@@ -100,14 +103,19 @@ def i2v_graph(source, start, *, kind="wan21", end=None, clip=True, guidance=5.0,
         first_stage = g.node("WanDenoise", latent=i2v[2], end_step=stages, return_with_leftover_noise=True, **common)
         den = g.node("WanDenoise", latent=first_stage[0], start_step=stages, add_noise=False, **common)
     dec = g.node("WanVAEDecode", vae=loader[2], latent=den[0])
-    g.node("SaveTensor", tensor=dec[0], filename_prefix=kind, format="npy")
+    g.node("SaveTensor", tensor=dec[0], filename_prefix=kind, format="npy", id="frames")
+    g.node("SaveTensor", tensor=den[0], filename_prefix=f"{kind}_latent", format="npy", id="latent")
     return g
 
 
-def run_frames(tmp_path, g) -> np.ndarray:
+def run_outputs(tmp_path, g) -> tuple[np.ndarray, np.ndarray]:
+    """(frames, final latent) the graph saved."""
     res = Executor(output_dir=tmp_path).run(g.to_workflow())
-    path = [v["path"] for v in res.outputs.values() if str(v.get("path", "")).endswith(".npy")][0]
-    return np.load(path)
+    return np.load(res.outputs["frames"]["path"]), np.load(res.outputs["latent"]["path"])
+
+
+def run_frames(tmp_path, g) -> np.ndarray:
+    return run_outputs(tmp_path, g)[0]
 
 
 _REFERENCES: dict = {}
@@ -122,20 +130,31 @@ def _reference(pipe, kind, start, end=None, guidance=5.0, guidance_2=None, seed=
 
 
 def _run_reference(pipe, kind, start, end, guidance, guidance_2, seed):
+    """(frames [F, H, W, 3], final latents [1, C, T', h, w]) of diffusers' pipeline."""
     from PIL import Image
     h, w, f = SIZES[kind]
     last = None if end is None else Image.open(end).convert("RGB")
-    return reference_i2v_frames(pipe, Image.open(start).convert("RGB"), PROMPT, NEGATIVE,
-                                make_noise(seed, latent_shape(kind)), h, w, f, STEPS, guidance,
-                                last_image=last, guidance_2=guidance_2)[0]
+    extra = {} if guidance_2 is None else {"guidance_scale_2": guidance_2}
+    frames, latents = reference_outputs(pipe, make_noise(seed, latent_shape(kind)),
+                                        image=Image.open(start).convert("RGB"), last_image=last, prompt=PROMPT,
+                                        negative_prompt=NEGATIVE, height=h, width=w, num_frames=f,
+                                        num_inference_steps=STEPS, guidance_scale=guidance, **extra)
+    return frames[0], latents
 
 
 def _check(ours, ref, kind):
+    """`ours`, `ref`: (frames, latents), or frames alone."""
     h, w, f = SIZES[kind]
-    assert ours.shape == ref.shape == (f, h, w, 3)
-    err = rel_err(ours, ref)
-    print(f"{kind}: max relative error vs diffusers {err:.2e}")
-    assert err < TOL, f"{kind} frames differ from diffusers by {err:.2e}"
+    (frames, latents), (ref_frames, ref_latents) = (x if isinstance(x, tuple) else (x, None) for x in (ours, ref))
+    assert frames.shape == ref_frames.shape == (f, h, w, 3)
+    err = rel_err(frames, ref_frames)
+    print(f"{kind}: frames' max relative error vs diffusers {err:.2e}")
+    assert err < FRAMES_TOL, f"{kind} frames differ from diffusers by {err:.2e}"
+    if latents is not None:
+        assert latents.shape == ref_latents.shape == latent_shape(kind)
+        err = rel_err(latents, ref_latents)
+        print(f"{kind}: final latents' max relative error vs diffusers {err:.2e}")
+        assert err < LATENT_TOL, f"{kind} final latents differ from diffusers by {err:.2e}"
 
 
 @pytest.mark.parametrize("cfg_batch", [True, False])
@@ -146,7 +165,7 @@ def test_wan21_i2v_matches_diffusers(wan21, images, tmp_path, monkeypatch, cfg_b
         monkeypatch.setattr(nodes.wan.pipelines.sampling, "CFG_BATCH_MAX_TOKENS", 0)
     folder, pipe = wan21
     ref = _reference(pipe, "wan21", images[0])
-    _check(run_frames(tmp_path, i2v_graph(folder, images[0], seed=7)), ref, "wan21")
+    _check(run_outputs(tmp_path, i2v_graph(folder, images[0], seed=7)), ref, "wan21")
 
 
 def test_wan21_i2v_without_graph(wan21, images):
@@ -158,13 +177,13 @@ def test_wan21_i2v_without_graph(wan21, images):
     h, w, f = SIZES["wan21"]
     ours = load_pipeline(folder).text_image_to_video(Image.open(images[0]), PROMPT, NEGATIVE, height=h, width=w,
                                                      num_frames=f, steps=STEPS, guidance=5.0, seed=7)[0]
-    _check(ours, ref, "wan21")
+    _check(ours, ref[0], "wan21")
 
 
 def test_flf2v_matches_diffusers(flf2v, images, tmp_path):
     folder, pipe = flf2v
     ref = _reference(pipe, "flf2v", images[0], end=images[1], guidance=5.5)
-    _check(run_frames(tmp_path, i2v_graph(folder, images[0], kind="flf2v", end=images[1], guidance=5.5, seed=7)),
+    _check(run_outputs(tmp_path, i2v_graph(folder, images[0], kind="flf2v", end=images[1], guidance=5.5, seed=7)),
            ref, "flf2v")
 
 
@@ -191,24 +210,49 @@ def test_wan22_i2v_two_experts_matches_diffusers(wan22, images, tmp_path):
     """No CLIP; boundary 0.9: step 0 on the high-noise expert, the rest on the low-noise one."""
     folder, pipe = wan22
     ref = _reference(pipe, "wan22", images[0], guidance=4.0, guidance_2=3.0)
-    _check(run_frames(tmp_path, i2v_graph(folder, images[0], kind="wan22", clip=False, guidance=4.0,
-                                          guidance_2=3.0, seed=7)), ref, "wan22")
+    _check(run_outputs(tmp_path, i2v_graph(folder, images[0], kind="wan22", clip=False, guidance=4.0,
+                                           guidance_2=3.0, seed=7)), ref, "wan22")
 
 
 def test_ti2v_first_frame_matches_diffusers(ti2v, images, tmp_path):
     """expand_timesteps: first latent frame replaced by the image's latents, its tokens at timestep 0."""
     folder, pipe = ti2v
     ref = _reference(pipe, "ti2v", images[0])
-    _check(run_frames(tmp_path, i2v_graph(folder, images[0], kind="ti2v", clip=False, seed=7)), ref, "ti2v")
+    _check(run_outputs(tmp_path, i2v_graph(folder, images[0], kind="ti2v", clip=False, seed=7)), ref, "ti2v")
+
+
+def test_ti2v_text_only_matches_diffusers(ti2v, tmp_path):
+    """TI2V-5B without an image: the T2V graph (WanEmptyLatentVideo sized by the Wan2.2 VAE: 48 channels,
+    /16) against `WanPipeline(expand_timesteps=True)` on the same files (all tokens at timestep t)."""
+    from diffusers import WanPipeline
+    folder, pipe = ti2v
+    h, w, f = SIZES["ti2v"]
+    g = GraphBuilder()
+    loader = g.node("WanPipelineLoader", source=str(folder))
+    pos = g.node("WanTextEncode", text_encoder=loader[1], text=PROMPT)
+    neg = g.node("WanTextEncode", text_encoder=loader[1], text=NEGATIVE)
+    lat = g.node("WanEmptyLatentVideo", width=w, height=h, num_frames=f, vae=loader[2])
+    den = g.node("WanDenoise", model=loader[0], positive=pos[0], negative=neg[0], latent=lat[0], seed=11,
+                 steps=STEPS, guidance=5.0, scheduler="unipc", shift=0.0)
+    dec = g.node("WanVAEDecode", vae=loader[2], latent=den[0])
+    g.node("SaveTensor", tensor=dec[0], filename_prefix="ti2v_t2v", format="npy", id="frames")
+    g.node("SaveTensor", tensor=den[0], filename_prefix="ti2v_t2v_latent", format="npy", id="latent")
+    t2v = WanPipeline(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder, vae=pipe.vae,
+                      transformer=pipe.transformer, scheduler=pipe.scheduler, expand_timesteps=True)
+    frames, latents = reference_outputs(t2v, make_noise(11, latent_shape("ti2v")), prompt=PROMPT,
+                                        negative_prompt=NEGATIVE, height=h, width=w, num_frames=f,
+                                        num_inference_steps=STEPS, guidance_scale=5.0)
+    _check(run_outputs(tmp_path, g), (frames[0], latents), "ti2v")
 
 
 @pytest.mark.parametrize("kind", ["wan22", "ti2v"])
 def test_chained_stages_equal_single_run(kind, wan22, ti2v, images, tmp_path):
     """Split at step 1 (Wan2.2: the expert switch): the image conditioning rides along with the sampler state."""
     folder = {"wan22": wan22, "ti2v": ti2v}[kind][0]
-    single = run_frames(tmp_path / "single", i2v_graph(folder, images[0], kind=kind, clip=False, seed=3))
-    chained = run_frames(tmp_path / "chained", i2v_graph(folder, images[0], kind=kind, clip=False, seed=3, stages=1))
-    np.testing.assert_array_equal(chained, single)
+    single = run_outputs(tmp_path / "single", i2v_graph(folder, images[0], kind=kind, clip=False, seed=3))
+    chained = run_outputs(tmp_path / "chained", i2v_graph(folder, images[0], kind=kind, clip=False, seed=3, stages=1))
+    np.testing.assert_array_equal(chained[1], single[1])       # latents
+    np.testing.assert_array_equal(chained[0], single[0])       # frames
 
 
 @pytest.mark.parametrize("field,value,suggestion", [

@@ -4,7 +4,8 @@ Each test writes a tiny diffusers model's weights under the original names (our
 `original_key`), checks that diffusers' own single-file converter reads that file
 back to the same model (so the mapping is not only checked against itself), then
 loads the file with our loader, config inferred from the tensors, and compares
-outputs.
+outputs. What no tensor records (a transformer's head count, a VAE's latent mean and
+std) is the released model's for a released size; the tiny files pass it as `config`.
 """
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ from nodes.wan.checkpoints.original_format import original_key
 from tests.wan.parity import rel_err
 
 TOL = 1e-5
-# head_dim 128 as in every released Wan model (the files do not record it).
+# head_dim 128 as in every released Wan model (the files do not record it, and dim 128 is no released
+# size: the loader is told the head count, HEADS, and infers the rest).
 BASE = dict(patch_size=(1, 2, 2), num_attention_heads=1, attention_head_dim=128, in_channels=16, out_channels=16,
             text_dim=32, freq_dim=32, ffn_dim=64, num_layers=2, cross_attn_norm=True, eps=1e-6,
             qk_norm="rms_norm_across_heads", rope_max_seq_len=1024)
@@ -34,6 +36,9 @@ CONFIGS = {
     "ti2v": {**BASE, "in_channels": 48, "out_channels": 48},
     "vace": {**BASE, "num_layers": 4, "vace_layers": [0, 2], "vace_in_channels": 12},
 }
+HEADS = {"num_attention_heads": 1}
+UNDECIDABLE = {name: {**HEADS, **({"vace_layers": cfg["vace_layers"]} if "vace_layers" in cfg else {})}
+               for name, cfg in CONFIGS.items()}
 
 
 def _reference(name):
@@ -90,7 +95,7 @@ def test_original_single_file_matches_diffusers(tmp_path, name, prefix):
         for k, v in ref.state_dict().items():
             assert torch.equal(theirs[k], v), f"diffusers reads {k} differently: our key map is wrong"
 
-    ours = load_transformer(path)   # no config.json: inferred from the tensors
+    ours = load_transformer(path, config=UNDECIDABLE[name])   # the rest inferred from the tensors
     for k, v in json.loads((folder / "config.json").read_text()).items():
         if not k.startswith("_") and k in ours.config:
             expect = list(v) if isinstance(v, (list, tuple)) else v
@@ -128,7 +133,7 @@ def test_fp8_scaled_single_file_is_dequantised(tmp_path):
     sd["scaled_fp8"] = torch.zeros(2, dtype=torch.float8_e4m3fn)
     path = tmp_path / "wan_t2v_fp8_scaled.safetensors"
     torch_save_file(sd, str(path))
-    ours = load_transformer(path)
+    ours = load_transformer(path, config=HEADS)
     rng = np.random.default_rng(2)
     x, ctx = _inputs(BASE, rng)
     t = np.array([300], np.int64)
@@ -157,16 +162,19 @@ def test_single_file_of_unknown_layout_is_refused(tmp_path):
         load_transformer(path)
 
 
-def _graph(model_source, folder, low_noise="", steps=3):
+def _graph(model_source, folder, low_noise="", steps=3, config="", vae_source=None, vae_config=""):
+    """T2V from a transformer (`config`: WanModelLoader's), the encoder of the pipeline `folder` and a VAE
+    (its folder's, or `vae_source` with `vae_config`); nodes "model", "vae", "denoise"."""
     from graphrt import GraphBuilder
     g = GraphBuilder()
-    model = g.node("WanModelLoader", source=str(model_source), low_noise_source=str(low_noise))
+    model = g.node("WanModelLoader", id="model", source=str(model_source), low_noise_source=str(low_noise),
+                   config=str(config))
     te = g.node("WanTextEncoderLoader", source=str(folder))
-    vae = g.node("WanVAELoader", source=str(folder))
+    vae = g.node("WanVAELoader", id="vae", source=str(vae_source or folder), config=str(vae_config))
     pos = g.node("WanTextEncode", text_encoder=te[0], text="a fox")
     neg = g.node("WanTextEncode", text_encoder=te[0], text="")
     lat = g.node("WanEmptyLatentVideo", width=48, height=32, num_frames=9)
-    den = g.node("WanDenoise", model=model[0], positive=pos[0], negative=neg[0], latent=lat[0], seed=5,
+    den = g.node("WanDenoise", id="denoise", model=model[0], positive=pos[0], negative=neg[0], latent=lat[0], seed=5,
                  steps=steps, guidance=4.0, scheduler="unipc", shift=3.0)
     dec = g.node("WanVAEDecode", vae=vae[0], latent=den[0])
     g.node("SaveTensor", tensor=dec[0], filename_prefix="sf", format="npy")
@@ -194,18 +202,128 @@ def test_model_loader_node_runs_single_file_experts_like_diffusers(tmp_path):
         experts.append(t)
     pipe.transformer, pipe.transformer_2 = experts
     pipe.register_to_config(boundary_ratio=0.875)
+    experts[0].save_config(tmp_path / "expert_config")   # dim 128 is no released size: its config.json says 1 head
 
     ex = Executor(output_dir=tmp_path / "out")
-    res = ex.run(_graph(tmp_path / "expert0.safetensors", tmp_path / "pipe",
-                        low_noise=tmp_path / "expert1.safetensors").to_workflow())
+    res = ex.run(_graph(tmp_path / "expert0.safetensors", tmp_path / "pipe", low_noise=tmp_path / "expert1.safetensors",
+                        config=tmp_path / "expert_config" / "config.json").to_workflow())
     ours = np.load([v["path"] for v in res.outputs.values()][0])
     ref = reference_frames(pipe, "a fox", "", make_noise(5, (1, 16, 3, 4, 6)), 32, 48, 9, 3, 4.0)[0]
     assert ours.shape == ref.shape
     assert rel_err(ours, ref) < 1e-4
 
 
+def test_single_file_transformer_and_vae_of_other_sizes_run_t2v_with_config_like_diffusers(tmp_path):
+    """A transformer whose heads are not 128 wide (2 of 12) and a VAE of no released size, as single files
+    with the original names: with the pipeline folder as WanModelLoader's and WanVAELoader's `config`,
+    the T2V graph gives diffusers' final latents and frames. Without it, each loader names the setting
+    its tensors cannot tell and the input that supplies it."""
+    from graphrt import Executor
+    from graphrt.errors import NodeExecutionError
+    from graphrt.registry import load_node_packs
+    from nodes.wan.checkpoints.original_format import vae_key_map
+    from nodes.wan.pipelines.noise import make_noise
+    from tests.wan.reference import TINY_TRANSFORMER, TINY_VAE, build_tiny_wan_pipeline
+    load_node_packs()
+    folder = tmp_path / "pipe"
+    pipe = build_tiny_wan_pipeline(folder)
+    assert TINY_TRANSFORMER["attention_head_dim"] != 128
+    model_file, vae_file = tmp_path / "wan_tiny.safetensors", tmp_path / "wan_tiny_vae.safetensors"
+    _write_original(pipe.transformer, model_file, prefix="model.diffusion_model.")
+    key = vae_key_map(TINY_VAE["num_res_blocks"])
+    torch_save_file({key(k): v.contiguous() for k, v in pipe.vae.state_dict().items()}, str(vae_file))
+
+    ex = Executor(output_dir=tmp_path / "out")
+    g = _graph(model_file, folder, config=folder, vae_source=vae_file, vae_config=folder)
+    res = ex.run(g.to_workflow())
+    frames = np.load([v["path"] for v in res.outputs.values()][0])
+    latents = ex.run(g.to_workflow(), targets=["denoise"]).outputs["denoise"]["latent"]["samples"].asnumpy()[0]
+
+    noise = make_noise(5, (1, 16, 3, 4, 6))
+    with torch.no_grad():
+        call = dict(prompt="a fox", negative_prompt="", height=32, width=48, num_frames=9, num_inference_steps=3,
+                    guidance_scale=4.0, latents=torch.from_numpy(noise))
+        ref_latents = pipe(**call, output_type="latent").frames[0].numpy()
+        ref_frames = np.asarray(pipe(**call, output_type="np").frames)[0]
+    assert latents.shape == ref_latents.shape and frames.shape == ref_frames.shape
+    assert rel_err(latents, ref_latents) < 1e-4
+    assert rel_err(frames, ref_frames) < 5e-4
+
+    for node, config_free, names in (("model", dict(config=""), ["num_attention_heads"]),
+                                     ("vae", dict(vae_config=""), ["latents_mean", "latents_std"])):
+        bare = _graph(model_file, folder, vae_source=vae_file, **{"config": folder, "vae_config": folder, **config_free})
+        with pytest.raises(NodeExecutionError) as info:
+            Executor(output_dir=tmp_path / "out").run(bare.to_workflow(), targets=[node])
+        msg = str(info.value.original)
+        assert isinstance(info.value.original, CheckpointError)
+        loader = {"model": "WanModelLoader", "vae": "WanVAELoader"}[node]
+        assert all(n in msg for n in names) and str(model_file if node == "model" else vae_file) in msg, msg
+        assert f"{loader}'s `config` input" in msg, msg
+
+
+def test_released_transformer_sizes_need_no_config():
+    """The head count is read off the hidden size only for the released ones (all 128-wide heads), and the
+    VACE hint layers only for the released layouts; anything else names what to pass."""
+    from nodes.wan.checkpoints.original_format import infer_transformer_config
+
+    class Shapes:   # a checkpoint's keys and shapes, nothing else
+        def __init__(self, dim, layers, vace=0):
+            self.s = {"patch_embedding.weight": (dim, 16, 1, 2, 2), "head.head.weight": (64, dim),
+                      "text_embedding.0.weight": (dim, 4096), "time_embedding.0.weight": (dim, 256)}
+            for i in range(layers):
+                self.s.update({f"blocks.{i}.ffn.0.weight": (8960, dim), f"blocks.{i}.norm3.weight": (dim,),
+                               f"blocks.{i}.self_attn.norm_q.weight": (dim,)})
+            for i in range(vace):
+                self.s[f"vace_blocks.{i}.after_proj.weight"] = (dim, dim)
+            if vace:
+                self.s["vace_patch_embedding.weight"] = (dim, 96, 1, 2, 2)
+
+        def keys(self):
+            return self.s.keys()
+
+        def shape(self, k):
+            return self.s[k]
+
+    for dim, heads in ((1536, 12), (3072, 24), (5120, 40)):
+        cfg = infer_transformer_config(Shapes(dim, 2))
+        assert (cfg["num_attention_heads"], cfg["attention_head_dim"], cfg["eps"]) == (heads, 128, 1e-6)
+    assert infer_transformer_config(Shapes(1536, 30, vace=15))["vace_layers"] == list(range(0, 30, 2))
+    assert infer_transformer_config(Shapes(5120, 40, vace=8))["vace_layers"] == list(range(0, 40, 5))
+    with pytest.raises(CheckpointError, match=r"num_attention_heads of x\.safetensors .*dim 1024.*pass config="):
+        infer_transformer_config(Shapes(1024, 2), where="x.safetensors")   # 8 heads of 128? 16 of 64?
+    with pytest.raises(CheckpointError, match="cannot tell vace_layers"):
+        infer_transformer_config(Shapes(1536, 30, vace=10))
+    assert infer_transformer_config(Shapes(1024, 2), {"attention_head_dim": 64})["num_attention_heads"] == 16
+    with pytest.raises(CheckpointError, match="does not divide"):
+        infer_transformer_config(Shapes(1024, 2), {"num_attention_heads": 3})
+
+
+def test_clip_vision_file_of_another_width_needs_config(tmp_path):
+    """A CLIP tower other than Wan's 1280-wide ViT-H/14: its head count and activation are in no tensor, so
+    they come from `config` (here the tower's own folder) and the states are transformers'."""
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+    from nodes.wan.pipelines.components import load_clip_vision
+    from tests.wan.reference import TINY_CLIP
+    torch.manual_seed(4)
+    ref = CLIPVisionModelWithProjection(CLIPVisionConfig(**{**TINY_CLIP, "hidden_act": "quick_gelu"})).eval()
+    ref.save_pretrained(tmp_path / "clip")
+    path = tmp_path / "files" / "clip_vision.safetensors"
+    path.parent.mkdir()
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(path))
+    with pytest.raises(CheckpointError, match="num_attention_heads and hidden_act .*hidden size 16.*config="):
+        load_clip_vision(str(path))
+    ours = load_clip_vision(str(path), config=str(tmp_path / "clip"))
+    pixels = np.random.default_rng(5).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    with torch.no_grad():
+        want = ref(pixel_values=torch.from_numpy(pixels), output_hidden_states=True).hidden_states[-2].numpy()
+    assert rel_err(ours.encoder(pixels).asnumpy(), want) < TOL
+
+
 VAE_CONFIG = dict(base_dim=8, z_dim=4, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
                   temperal_downsample=[False, True, True], latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
+# No tensor records the latent mean and std: the released VAEs' are known, these tiny ones must say.
+LATENT_STATS = {"latents_mean": [0.0] * 4, "latents_std": [1.0] * 4}
 
 
 @pytest.mark.parametrize("prefix, fmt", [("", "safetensors"), ("first_stage_model.", "safetensors"), ("", "pth")])
@@ -236,7 +354,7 @@ def test_original_vae_single_file_matches_diffusers(tmp_path, prefix, fmt):
         for k, v in ref.state_dict().items():
             assert torch.equal(back[k], v), f"diffusers reads {k} differently: our VAE key map is wrong"
 
-    ours = load_vae(path)   # config inferred from the tensors
+    ours = load_vae(path, config=LATENT_STATS)   # the rest inferred from the tensors
     for k in ("base_dim", "z_dim", "dim_mult", "num_res_blocks", "temperal_downsample"):
         assert list(np.atleast_1d(ours.config[k])) == list(np.atleast_1d(VAE_CONFIG[k])), k
     rng = np.random.default_rng(0)
@@ -263,10 +381,11 @@ def test_vae_loader_node_takes_a_single_file(tmp_path):
     key = vae_key_map(2)
     path = tmp_path / "vae.safetensors"
     torch_save_file({key(k): v.contiguous() for k, v in ref.state_dict().items()}, str(path))
+    ref.save_config(tmp_path / "vae_config")
     g = GraphBuilder()
-    g.node("WanVAELoader", id="vae", source=str(path))
+    g.node("WanVAELoader", id="vae", source=str(path), config=str(tmp_path / "vae_config" / "config.json"))
     vae = Executor(output_dir=tmp_path).run(g.to_workflow(), targets=["vae"]).outputs["vae"]["vae"]
-    assert vae.config["z_dim"] == 4
+    assert vae.config["z_dim"] == 4 and vae.spatial_compression == 8 and vae.temporal_compression == 4
 
 
 # Wan2.1's wan/modules/t5.py module names (T5Encoder, shared_pos=False), as in models_t5_umt5-xxl-enc-bf16.pth.
@@ -375,9 +494,9 @@ def test_wan22_vae_single_file_matches_diffusers(tmp_path):
     path = tmp_path / "wan2.2_vae.safetensors"
     torch_save_file(sd, str(path))
 
-    ours = load_vae(path)   # config inferred from the tensors
+    ours = load_vae(path, config={**LATENT_STATS, "patch_size": 2})   # the rest inferred from the tensors
     for k in ("base_dim", "decoder_base_dim", "z_dim", "dim_mult", "num_res_blocks", "temperal_downsample",
-              "is_residual", "in_channels", "out_channels", "patch_size"):
+              "is_residual", "in_channels", "out_channels", "patch_size", "scale_factor_spatial"):
         assert list(np.atleast_1d(ours.config[k])) == list(np.atleast_1d(VAE22_CONFIG[k])), k
     rng = np.random.default_rng(0)
     z = rng.standard_normal((1, 4, 2, 4, 6)).astype(np.float32)

@@ -30,11 +30,12 @@ def tiny(tmp_path_factory):
 
 
 def t2v_graph(source, *, steps=3, guidance=5.0, scheduler="unipc", seed=0, negative=NEGATIVE, stages=None,
-              noise_path=None, prefix="t2v", compile="auto"):
+              noise_path=None, prefix="t2v", compile="auto", max_length=None):
     g = GraphBuilder()
     loader = g.node("WanPipelineLoader", source=str(source), compile=compile)
-    pos = g.node("WanTextEncode", text_encoder=loader[1], text=PROMPT)
-    neg = g.node("WanTextEncode", text_encoder=loader[1], text=negative)
+    text = {} if max_length is None else {"max_length": max_length}
+    pos = g.node("WanTextEncode", text_encoder=loader[1], text=PROMPT, **text)
+    neg = g.node("WanTextEncode", text_encoder=loader[1], text=negative, **text)
     latent = g.node("WanEmptyLatentVideo", width=W, height=H, num_frames=F, batch=1)
     common = dict(model=loader[0], positive=pos[0], negative=neg[0], seed=seed, steps=steps, guidance=guidance,
                   scheduler=scheduler, shift=3.0)
@@ -144,3 +145,45 @@ def test_python_api_text_to_video_matches_diffusers(tiny):
     ours = load_pipeline(folder).text_to_video(PROMPT, NEGATIVE, height=H, width=W, num_frames=F, steps=3,
                                                guidance=5.0, shift=3.0, seed=7)[0]
     assert rel_err(ours, ref) < TOL
+
+
+SHORT = 24   # a max_sequence_length other than 512
+
+
+def diffusers_output(pipe, noise, steps, guidance, max_sequence_length, output_type):
+    """WanPipeline's frames [F, H, W, 3] ("np") or final normalised latents [C, T, h, w] ("latent")."""
+    import torch
+    with torch.no_grad():
+        out = pipe(prompt=PROMPT, negative_prompt=NEGATIVE, height=H, width=W, num_frames=F, num_inference_steps=steps,
+                   guidance_scale=guidance, latents=torch.from_numpy(noise), output_type=output_type,
+                   max_sequence_length=max_sequence_length).frames
+    return (out.numpy() if hasattr(out, "numpy") else np.asarray(out))[0]
+
+
+@pytest.mark.parametrize("guidance", [5.0, 1.0])
+def test_text_max_length_matches_diffusers_max_sequence_length(tiny, tmp_path, guidance):
+    """WanTextEncode's max_length = diffusers' max_sequence_length: the zero rows past the prompt go
+    through the text embedder and the un-masked cross-attention, so 24 tokens give another video than
+    512; with and without CFG the graph's final latents and frames are diffusers' at 24."""
+    from diffusers import UniPCMultistepScheduler
+    folder, pipe = tiny
+    pipe.scheduler = UniPCMultistepScheduler.from_pretrained(folder, subfolder="scheduler")
+    noise = make_noise(3, LATENT_SHAPE)
+    ref_latents = diffusers_output(pipe, noise, 3, guidance, SHORT, "latent")
+    ref_frames = diffusers_output(pipe, noise, 3, guidance, SHORT, "np")
+    at_512 = diffusers_output(pipe, noise, 3, guidance, 512, "latent")
+    assert rel_err(at_512, ref_latents) > 1e-3, "the text length does not matter here: the test could not fail"
+
+    ex = Executor(output_dir=tmp_path)
+    g, dec = t2v_graph(folder, steps=3, guidance=guidance, seed=3, max_length=SHORT)
+    frames, _ = run_frames(ex, g, dec)
+    den = next(i for i, n in g.to_dict().items() if n.get("class_type") == "WanDenoise")
+    latents = ex.run(g.to_workflow(), targets=[den]).outputs[den]["latent"]["samples"].asnumpy()[0]  # cached
+    assert latents.shape == ref_latents.shape and frames.shape == ref_frames.shape == (F, H, W, 3)
+    assert rel_err(latents, ref_latents) < 1e-4, f"latents differ from diffusers by {rel_err(latents, ref_latents):.2e}"
+    assert rel_err(frames, ref_frames) < 5e-4, f"frames differ from diffusers by {rel_err(frames, ref_frames):.2e}"
+    if guidance > 1:   # the library: WanPipeline.text_to_video(max_sequence_length=...) as diffusers'
+        from nodes.wan.pipelines.pipeline import load_pipeline
+        api = load_pipeline(folder).text_to_video(PROMPT, NEGATIVE, height=H, width=W, num_frames=F, steps=3,
+                                                  guidance=guidance, shift=3.0, seed=3, max_sequence_length=SHORT)[0]
+        assert rel_err(api, ref_frames) < 5e-4

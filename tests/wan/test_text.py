@@ -152,3 +152,47 @@ def test_umt5_rejects_other_ffn():
     from nodes.wan.models.umt5 import UMT5EncoderModel
     with pytest.raises(ValueError, match="gated-gelu"):
         UMT5EncoderModel.from_config({"feed_forward_proj": "relu", "d_model": 8, "num_layers": 1})
+
+
+def test_clip_image_models_refuse_text_of_another_length(tmp_path):
+    """Wan2.1 I2V / FLF2V tell CLIP tokens from text tokens by position (512 text tokens: diffusers'
+    image-to-video pipeline always encodes 512). WanImageConditioning with CLIP tokens refuses a prompt
+    encoded with another max_length, naming it, rather than mixing image and text tokens; at 512 it runs."""
+    from PIL import Image
+    from graphrt import Executor, GraphBuilder
+    from graphrt.errors import NodeExecutionError
+    from graphrt.registry import load_node_packs
+    from tests.wan.reference import build_tiny_wan_i2v_pipeline
+    load_node_packs()
+    folder = tmp_path / "pipe"
+    build_tiny_wan_i2v_pipeline(folder, kind="wan21")
+    image = tmp_path / "start.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 48, 3), dtype=np.uint8)).save(image)
+
+    def graph(max_length):
+        g = GraphBuilder()
+        loader = g.node("WanPipelineLoader", source=str(folder))
+        pos = g.node("WanTextEncode", text_encoder=loader[1], text="a fox", max_length=max_length)
+        neg = g.node("WanTextEncode", text_encoder=loader[1], text="", max_length=max_length)
+        img = g.node("LoadImage", image=str(image))
+        vision = g.node("WanCLIPVisionLoader", source=str(folder))
+        clip = g.node("WanCLIPVisionEncode", clip_vision=vision[0], image=img[0])
+        g.node("WanImageConditioning", id="i2v", positive=pos[0], negative=neg[0], vae=loader[2], width=48,
+               height=32, num_frames=9, batch=1, start_image=img[0], clip_vision_output=clip[0])
+        return g.to_workflow()
+
+    ex = Executor(output_dir=tmp_path / "out")
+    with pytest.raises(NodeExecutionError) as info:
+        ex.run(graph(24), targets=["i2v"])
+    msg = str(info.value.original)
+    assert info.value.node_id == "i2v" and "max_length=24" in msg and "512" in msg, msg
+    pos = ex.run(graph(512), targets=["i2v"]).outputs["i2v"]["positive"]
+    assert pos.image_embeds is not None and tuple(pos.embeds.shape)[1] == 512
+
+
+def test_tokenizer_refuses_a_length_of_no_tokens(tokenizer_dirs):
+    ours = load_tokenizer(tokenizer_dirs["preset"][1], subfolder=None)
+    for bad in (0, -3, 2.5):
+        with pytest.raises(ValueError, match="max_length must be a positive number of tokens"):
+            ours("a fox", max_length=bad)
+    assert ours("a fox", max_length=1).input_ids.tolist() == [[1]]

@@ -43,34 +43,42 @@ def _not_a(path, what: str, markers: str, raw) -> CheckpointError:
 
 
 def _single_file(role: str, path: Path, raw, config: dict | None) -> tuple:
-    """(format, checkpoint view, config, key_map) of a single file, or None for diffusers names."""
+    """(format, checkpoint view, config, key_map) of a single file, or None for diffusers names.
+
+    The config is read off the tensor shapes, `config` (possibly partial) winning; what no tensor
+    records comes from the released model of that size, or from `config`, or a CheckpointError
+    names it (original_format.infer_*)."""
     if role == "transformer":
         prefix = original.strip_prefix(raw.keys())
         if prefix is None:
             return None
         ckpt = original.OriginalCheckpoint(raw, prefix)
-        return ORIGINAL, ckpt, config or original.infer_transformer_config(ckpt), original.original_key
+        return ORIGINAL, ckpt, original.infer_transformer_config(ckpt, config, path), original.original_key
     if role == "vae":
         prefix = original.vae_prefix(raw.keys())
         if prefix is None:
             return None
         ckpt = original.OriginalCheckpoint(raw, prefix)
-        config = config or original.infer_vae_config(ckpt)
+        config = original.infer_vae_config(ckpt, config, path)
         return ORIGINAL, ckpt, config, original.vae_key_map(int(config["num_res_blocks"]),
                                                              bool(config.get("is_residual")))
+    # A file of a transformers folder (transformers' names): the config.json beside it is its own.
+    beside = path.parent / "config.json"
     if role == "text_encoder":
         ckpt = original.OriginalCheckpoint(raw, "")
         if original.is_wan_t5_file(raw.keys()):
-            return WAN_T5, ckpt, config or original.infer_wan_t5_config(ckpt), original.wan_t5_key
+            return WAN_T5, ckpt, original.infer_wan_t5_config(ckpt, config, path), original.wan_t5_key
         if original.is_umt5_file(raw.keys()):
-            return TRANSFORMERS, ckpt, config or original.infer_umt5_config(ckpt), None
+            own = config if config is not None or not beside.exists() else read_config(path.parent)
+            return TRANSFORMERS, ckpt, original.infer_umt5_config(ckpt, own, path), None
         return None
     if role == "image_encoder":
         ckpt = original.clip_vision_checkpoint(raw)
         if ckpt is None:
             return None
         fmt = TRANSFORMERS if ckpt is raw else WAN_CLIP
-        return fmt, ckpt, config or original.infer_clip_vision_config(ckpt), None
+        own = config if config is not None or fmt != TRANSFORMERS or not beside.exists() else read_config(path.parent)
+        return fmt, ckpt, original.infer_clip_vision_config(ckpt, own, path), None
     raise ValueError(f"unknown component role {role!r}")
 
 
@@ -90,19 +98,19 @@ def open_component(source, role: str, subfolder: str | None = None, config=None)
 
     A pipeline folder gives `subfolder` with its config.json and diffusers names. A single file
     is read under whichever layout its keys show (original Wan / ComfyUI, Wan's T5 and CLIP,
-    transformers'), its config inferred from the tensor shapes unless `config` is given (a dict,
-    a config.json, a pipeline or component folder, or a hub repo id)."""
+    transformers'), its config read off the tensor shapes; `config` (a dict, possibly partial, a
+    config.json, a pipeline or component folder, or a hub repo id, as diffusers'
+    `from_single_file(config=...)`) overrides them. A setting no tensor records is the released
+    model's for a released size; for any other size a CheckpointError asks for `config`."""
     src = as_source(source)
     path = src.component(subfolder)
-    if config is not None:
-        config = config_from(config, subfolder or role)
+    config = None if config is None or (isinstance(config, str) and not config.strip()) \
+        else config_from(config, subfolder or role)
     if path.is_file():
         raw = open_checkpoint(path, _weights_name(role))
         found = _single_file(role, path, raw, config)
         if found is not None:
             fmt, ckpt, cfg, key_map = found
-            if fmt == TRANSFORMERS and config is None and (path.parent / "config.json").exists():
-                cfg = read_config(path.parent)     # a file of a transformers folder: its own config wins
             return Component(src, path, fmt, ckpt, cfg, key_map)
         if config is None and not (path.parent / "config.json").exists():
             what, markers = _MARKERS[role]
@@ -127,7 +135,8 @@ def build(cls, component: Component, dtype="float32"):
 def load_transformer(source, subfolder: str | None = "transformer", dtype="float32", config=None):
     """A `WanTransformer3DModel` (T2V, I2V, FLF2V, TI2V), or a `WanVACETransformer3DModel` when the
     config has `vace_layers`, from its diffusers folder, or from one file with the original Wan /
-    ComfyUI key names (config inferred from the tensors unless `config` is given)."""
+    ComfyUI key names (config read off the tensors, `config` overriding it; a file of other than a
+    released size, hidden size 1536, 3072 or 5120, needs `config` for its head count)."""
     from ..models.transformer import WanTransformer3DModel
     comp = open_component(source, "transformer", subfolder, config)
     cls = WanTransformer3DModel

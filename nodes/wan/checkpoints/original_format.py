@@ -123,23 +123,89 @@ def _count(keys, pattern: str) -> int:
     return max(found) + 1 if found else 0
 
 
-def infer_transformer_config(ckpt: OriginalCheckpoint) -> dict:
-    """diffusers-style config of an original-format transformer, from its tensor shapes."""
+# Where a loader's `config` comes from, for the error that asks for it (by component role).
+CONFIG_INPUT = {
+    "transformer": "WanModelLoader's `config` input",
+    "vae": "WanVAELoader's `config` input",
+    "text_encoder": "WanTextEncoderLoader's `config` input",
+    "image_encoder": "load_image_encoder(config=...) / load_clip_vision(config=...)",
+}
+
+
+def _settings(names, given: dict, released: dict | None, where, shapes: str, role: str) -> dict:
+    """The settings `names`, which no tensor of the file records: from `given` (the user's config),
+    else from `released` (the released model these shapes are), else a CheckpointError naming every
+    missing one and the input that supplies it."""
+    out, missing = {}, []
+    for n in names:
+        if n in given:
+            out[n] = given[n]
+        elif released is not None and n in released:
+            out[n] = released[n]
+        else:
+            missing.append(n)
+    if missing:
+        raise CheckpointError(f"cannot tell {' and '.join(missing)} of {where} from its tensors ({shapes}): pass "
+                              f"config= ({CONFIG_INPUT[role]}: a pipeline folder, config.json or hub repo id)")
+    return out
+
+
+# Released Wan transformers by hidden size: 1.3B (T2V, VACE) 12 heads, TI2V-5B 24, 14B / A14B 40; all
+# 128-wide. A file's tensors do not record the head count (the q/k norms span all heads).
+RELEASED_HEADS = {1536: 12, 3072: 24, 5120: 40}
+RELEASED_VACE = {(30, 15), (40, 8)}   # (layers, VACE blocks): hints every 2nd (1.3B) / 5th (14B) layer
+
+
+def infer_transformer_config(ckpt: OriginalCheckpoint, given: dict | None = None, where="the checkpoint") -> dict:
+    """diffusers-style config of an original-format transformer: `given` (a config, possibly
+    partial) wins, the tensor shapes decide the rest. The head count (and, for VACE, which layers
+    take hints) is in no shape: it is the released model's for a released size (hidden size 1536,
+    3072 or 5120), else it must be given. `eps` (1e-6) and `rope_max_seq_len` (1024, a bound on the
+    latent grid that does not change the values) are those of every Wan model unless given."""
+    given = dict(given or {})
     keys = set(ckpt.keys())
     dim, in_ch = ckpt.shape("patch_embedding.weight")[:2]
     patch = tuple(ckpt.shape("patch_embedding.weight")[2:])
-    head_dim = 128   # every Wan model; the q/k norms span all heads so the files do not record it
+    num_layers = _count(keys, r"^blocks\.(\d+)\.")
+    n_vace = _count(keys, r"^vace_blocks\.(\d+)\.")
+    if "attention_head_dim" in given and "num_attention_heads" not in given:
+        hd = int(given["attention_head_dim"])
+        if hd < 1 or dim % hd:
+            raise CheckpointError(f"config attention_head_dim={hd} does not divide the hidden size {dim} of {where}")
+        given["num_attention_heads"] = dim // hd
+    released = None
+    if dim in RELEASED_HEADS:
+        released = {"num_attention_heads": RELEASED_HEADS[dim]}
+        if (num_layers, n_vace) in RELEASED_VACE:
+            step = num_layers // n_vace
+            released["vace_layers"] = list(range(0, step * n_vace, step))
+    shapes = f"dim {dim}" + ("" if released else ", not a released Wan size (1536, 3072, 5120)")
+    if n_vace:
+        shapes += f", {num_layers} layers, {n_vace} VACE blocks"
+    found = _settings(["num_attention_heads"] + (["vace_layers"] if n_vace else []), given, released, where,
+                      shapes, "transformer")
+    heads = int(found["num_attention_heads"])
+    if heads < 1 or dim % heads:
+        raise CheckpointError(f"config num_attention_heads={heads} does not divide the hidden size {dim} of {where}")
+    if "attention_head_dim" in given and int(given["attention_head_dim"]) * heads != dim:
+        raise CheckpointError(f"config num_attention_heads={heads} x attention_head_dim={given['attention_head_dim']} "
+                              f"is not the hidden size {dim} of {where}")
+    qk = "blocks.0.self_attn.norm_q.weight"
+    if qk not in keys or tuple(ckpt.shape(qk)) != (dim,):
+        got = "is missing" if qk not in keys else f"has shape {tuple(ckpt.shape(qk))}"
+        raise CheckpointError(f"{where}: {qk} {got}; only Wan's qk_norm 'rms_norm_across_heads' (one RMSNorm of "
+                              f"size {dim} over all heads) is supported")
     cfg = {
         "_class_name": "WanTransformer3DModel",
         "patch_size": list(patch),
-        "num_attention_heads": dim // head_dim,
-        "attention_head_dim": head_dim,
+        "num_attention_heads": heads,
+        "attention_head_dim": dim // heads,
         "in_channels": in_ch,
         "out_channels": ckpt.shape("head.head.weight")[0] // int(np.prod(patch)),
         "text_dim": ckpt.shape("text_embedding.0.weight")[1],
         "freq_dim": ckpt.shape("time_embedding.0.weight")[1],
         "ffn_dim": ckpt.shape("blocks.0.ffn.0.weight")[0],
-        "num_layers": _count(keys, r"^blocks\.(\d+)\."),
+        "num_layers": num_layers,
         "cross_attn_norm": "blocks.0.norm3.weight" in keys,
         "qk_norm": "rms_norm_across_heads",
         "eps": 1e-6,
@@ -150,16 +216,15 @@ def infer_transformer_config(ckpt: OriginalCheckpoint) -> dict:
     }
     if "img_emb.proj.0.weight" in keys:        # Wan2.1 I2V / FLF2V: CLIP image tokens
         cfg["image_dim"] = ckpt.shape("img_emb.proj.0.weight")[0]
-        cfg["added_kv_proj_dim"] = dim
+        k_img = "blocks.0.cross_attn.k_img.weight"
+        cfg["added_kv_proj_dim"] = ckpt.shape(k_img)[1] if k_img in keys else dim
         if "img_emb.emb_pos" in keys:
             cfg["pos_embed_seq_len"] = ckpt.shape("img_emb.emb_pos")[1]
-    n_vace = _count(keys, r"^vace_blocks\.(\d+)\.")
     if n_vace:
         cfg["_class_name"] = "WanVACETransformer3DModel"
-        step = cfg["num_layers"] // n_vace      # the released VACE models put hints on evenly spaced layers
-        cfg["vace_layers"] = list(range(0, step * n_vace, step))
+        cfg["vace_layers"] = list(found["vace_layers"])
         cfg["vace_in_channels"] = ckpt.shape("vace_patch_embedding.weight")[1]
-    return cfg
+    return {**cfg, **given}
 
 
 # ---- Wan VAEs (`Wan2.1_VAE` / `Wan2.2_VAE`, ComfyUI `wan_2.1_vae` / `wan2.2_vae.safetensors`) ---------
@@ -234,53 +299,61 @@ def vae_prefix(keys) -> str | None:
 RESIDUAL_VAE_MARKER = "encoder.downsamples.0.downsamples.0.residual.0.gamma"
 
 
-def infer_vae_config(ckpt: OriginalCheckpoint) -> dict:
-    """The VAE config of an original-format file (Wan2.1, or Wan2.2 when its stages are nested), sizes
-    read from its tensors."""
+def infer_vae_config(ckpt: OriginalCheckpoint, given: dict | None = None, where="the checkpoint") -> dict:
+    """The VAE config of an original-format file (Wan2.1, or Wan2.2 when its stages are nested):
+    `given` (a config, possibly partial) wins, sizes are read from the tensors. The latent mean and
+    std the pipelines normalise with are in no tensor: those of Wan2.1's VAE (base 96, 16 latent
+    channels) or Wan2.2's (base 160, 48 channels), else they must be given; so must `patch_size`
+    unless the VAE takes RGB unpatchified (3 channels) or is Wan2.2's (12 = RGB in 2x2 patches)."""
     from .presets import WAN21_LATENTS_MEAN, WAN21_LATENTS_STD, WAN22_LATENTS_MEAN, WAN22_LATENTS_STD
+    given = dict(given or {})
     keys = set(ckpt.keys())
-    if RESIDUAL_VAE_MARKER in keys:
-        return _infer_residual_vae_config(ckpt, keys, WAN22_LATENTS_MEAN, WAN22_LATENTS_STD)
-    base = ckpt.shape("encoder.conv1.weight")[0]
+    base, in_channels = ckpt.shape("encoder.conv1.weight")[:2]
     z_dim = ckpt.shape("conv2.weight")[0]
-    # Encoder levels: residual blocks then (except the last level) one resample.
-    n_down = _count(keys, r"^encoder\.downsamples\.(\d+)\.")
-    resamples = sorted(i for i in range(n_down) if f"encoder.downsamples.{i}.resample.1.weight" in keys)
-    levels = len(resamples) + 1
-    num_res_blocks = resamples[0] if resamples else n_down
-    dims, temporal = [], []
-    for lvl in range(levels):
-        first = lvl * (num_res_blocks + 1)
-        dims.append(ckpt.shape(f"encoder.downsamples.{first}.residual.2.weight")[0] // base)
-        if lvl < levels - 1:
-            temporal.append(f"encoder.downsamples.{first + num_res_blocks}.time_conv.weight" in keys)
-    return {"_class_name": "AutoencoderKLWan", "base_dim": base, "z_dim": z_dim, "dim_mult": dims,
-            "num_res_blocks": num_res_blocks, "attn_scales": [], "temperal_downsample": temporal,
-            "dropout": 0.0, "latents_mean": list(WAN21_LATENTS_MEAN) if z_dim == 16 else [0.0] * z_dim,
-            "latents_std": list(WAN21_LATENTS_STD) if z_dim == 16 else [1.0] * z_dim, "is_residual": False, "in_channels": 3,
-            "out_channels": 3, "patch_size": None, "scale_factor_temporal": 4, "scale_factor_spatial": 8}
-
-
-def _infer_residual_vae_config(ckpt, keys, mean48, std48) -> dict:
-    base = ckpt.shape("encoder.conv1.weight")[0]
-    in_channels = ckpt.shape("encoder.conv1.weight")[1]
-    z_dim = ckpt.shape("conv2.weight")[0]
-    levels = _count(keys, r"^encoder\.downsamples\.(\d+)\.")
-    num_res_blocks = _count(keys, r"^encoder\.downsamples\.0\.downsamples\.(\d+)\.residual\.")
-    dims = [ckpt.shape(f"encoder.downsamples.{lvl}.downsamples.0.residual.2.weight")[0] // base
-            for lvl in range(levels)]
-    temporal = [f"encoder.downsamples.{lvl}.downsamples.{num_res_blocks}.time_conv.weight" in keys
-                for lvl in range(levels - 1)]
-    decoder_base = ckpt.shape("decoder.conv1.weight")[0] // dims[-1]
     out_channels = ckpt.shape("decoder.head.2.weight")[0]
-    # RGB patchified 2x2 (12 channels) is the released model; other sizes keep in_channels as is.
-    patch = 2 if in_channels == 12 and out_channels == 12 else None
-    return {"_class_name": "AutoencoderKLWan", "base_dim": base, "decoder_base_dim": decoder_base, "z_dim": z_dim,
-            "dim_mult": dims, "num_res_blocks": num_res_blocks, "attn_scales": [], "temperal_downsample": temporal,
-            "dropout": 0.0, "latents_mean": list(mean48) if z_dim == 48 else [0.0] * z_dim,
-            "latents_std": list(std48) if z_dim == 48 else [1.0] * z_dim, "is_residual": True,
-            "in_channels": in_channels, "out_channels": out_channels, "patch_size": patch,
-            "scale_factor_temporal": 4, "scale_factor_spatial": 16 if patch else 8}
+    residual = RESIDUAL_VAE_MARKER in keys
+    if residual:
+        levels = _count(keys, r"^encoder\.downsamples\.(\d+)\.")
+        num_res_blocks = _count(keys, r"^encoder\.downsamples\.0\.downsamples\.(\d+)\.residual\.")
+        dims = [ckpt.shape(f"encoder.downsamples.{lvl}.downsamples.0.residual.2.weight")[0] // base
+                for lvl in range(levels)]
+        temporal = [f"encoder.downsamples.{lvl}.downsamples.{num_res_blocks}.time_conv.weight" in keys
+                    for lvl in range(levels - 1)]
+    else:
+        # Encoder levels: residual blocks then (except the last level) one resample.
+        n_down = _count(keys, r"^encoder\.downsamples\.(\d+)\.")
+        resamples = sorted(i for i in range(n_down) if f"encoder.downsamples.{i}.resample.1.weight" in keys)
+        levels = len(resamples) + 1
+        num_res_blocks = resamples[0] if resamples else n_down
+        dims, temporal = [], []
+        for lvl in range(levels):
+            first = lvl * (num_res_blocks + 1)
+            dims.append(ckpt.shape(f"encoder.downsamples.{first}.residual.2.weight")[0] // base)
+            if lvl < levels - 1:
+                temporal.append(f"encoder.downsamples.{first + num_res_blocks}.time_conv.weight" in keys)
+    decoder_base = ckpt.shape("decoder.conv1.weight")[0] // dims[-1]
+
+    released = None
+    if (residual, base, z_dim) == (False, 96, 16):
+        released = {"latents_mean": list(WAN21_LATENTS_MEAN), "latents_std": list(WAN21_LATENTS_STD), "patch_size": None}
+    elif (residual, base, z_dim) == (True, 160, 48):
+        released = {"latents_mean": list(WAN22_LATENTS_MEAN), "latents_std": list(WAN22_LATENTS_STD), "patch_size": 2}
+    rgb = in_channels == 3 and out_channels == 3      # unpatchified RGB: no patch size to tell
+    names = ["latents_mean", "latents_std"] + ([] if rgb else ["patch_size"])
+    shapes = f"base_dim {base}, z_dim {z_dim}, {in_channels} input channels" + (
+        "" if released else ", not the released Wan2.1 (96, 16) or Wan2.2 (160, 48) VAE")
+    found = _settings(names, given, released, where, shapes, "vae")
+    for n in ("latents_mean", "latents_std"):
+        if found[n] is not None and len(found[n]) != z_dim:
+            raise CheckpointError(f"config {n} has {len(found[n])} values but {where} has {z_dim} latent channels")
+    patch = None if rgb else found["patch_size"]
+    cfg = {"_class_name": "AutoencoderKLWan", "base_dim": base,
+           "decoder_base_dim": decoder_base if residual or decoder_base != base else None, "z_dim": z_dim,
+           "dim_mult": dims, "num_res_blocks": num_res_blocks, "attn_scales": [], "temperal_downsample": temporal,
+           "dropout": 0.0, **{n: None if found[n] is None else list(found[n]) for n in ("latents_mean", "latents_std")},
+           "is_residual": residual, "in_channels": in_channels, "out_channels": out_channels, "patch_size": patch,
+           "scale_factor_temporal": 2 ** sum(temporal), "scale_factor_spatial": 2 ** len(temporal) * (patch or 1)}
+    return {**cfg, **given}
 
 
 # ---- UMT5 encoder files (ComfyUI `text_encoders/umt5_xxl_*.safetensors`: transformers' names) -------
@@ -292,8 +365,13 @@ def is_umt5_file(keys) -> bool:
     return UMT5_MARKER in set(keys)
 
 
-def infer_umt5_config(ckpt: OriginalCheckpoint) -> dict:
-    """A UMT5 encoder config read off its tensors (eps, buckets and distance as umt5-xxl)."""
+# No tensor records a T5 encoder's layer-norm eps or relative-attention distance; every T5 / mT5 / UMT5
+# checkpoint, of any size, uses these (transformers' defaults), so a `given` config is needed only to differ.
+T5_FAMILY = {"relative_attention_max_distance": 128, "layer_norm_epsilon": 1e-6}
+
+
+def infer_umt5_config(ckpt: OriginalCheckpoint, given: dict | None = None, where="the checkpoint") -> dict:
+    """A UMT5 encoder config read off its tensors (eps and distance: T5_FAMILY); `given` wins."""
     keys = set(ckpt.keys())
     vocab, d_model = ckpt.shape("shared.weight")
     buckets, heads = ckpt.shape("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight")
@@ -301,9 +379,8 @@ def infer_umt5_config(ckpt: OriginalCheckpoint) -> dict:
             "d_kv": ckpt.shape(UMT5_MARKER)[0] // heads, "num_heads": heads,
             "d_ff": ckpt.shape("encoder.block.0.layer.1.DenseReluDense.wi_0.weight")[0],
             "num_layers": _count(keys, r"^encoder\.block\.(\d+)\."), "relative_attention_num_buckets": buckets,
-            "relative_attention_max_distance": 128, "layer_norm_epsilon": 1e-6, "vocab_size": vocab,
-            "feed_forward_proj": "gated-gelu", "dense_act_fn": "gelu_new", "is_gated_act": True,
-            "pad_token_id": 0, "eos_token_id": 1}
+            **T5_FAMILY, "vocab_size": vocab, "feed_forward_proj": "gated-gelu", "dense_act_fn": "gelu_new",
+            "is_gated_act": True, "pad_token_id": 0, "eos_token_id": 1, **(given or {})}
 
 
 # ---- Wan-AI's own UMT5 file (`models_t5_umt5-xxl-enc-bf16.pth`: the module names of Wan's t5.py) ----------
@@ -339,17 +416,18 @@ def wan_t5_key(name: str) -> str:
     return name
 
 
-def infer_wan_t5_config(ckpt) -> dict:
-    """The UMT5 config of a Wan T5 encoder file, from its tensor shapes."""
+def infer_wan_t5_config(ckpt, given: dict | None = None, where="the checkpoint") -> dict:
+    """The UMT5 config of a Wan T5 encoder file, from its tensor shapes (eps and distance: T5_FAMILY);
+    `given` wins."""
     keys = set(ckpt.keys())
     vocab, d_model = ckpt.shape("token_embedding.weight")
     buckets, heads = ckpt.shape("blocks.0.pos_embedding.embedding.weight")
     return {"architectures": ["UMT5EncoderModel"], "model_type": "umt5", "d_model": d_model,
             "d_kv": ckpt.shape(WAN_T5_MARKER)[0] // heads, "num_heads": heads,
             "d_ff": ckpt.shape("blocks.0.ffn.fc1.weight")[0], "num_layers": _count(keys, r"^blocks\.(\d+)\."),
-            "relative_attention_num_buckets": buckets, "relative_attention_max_distance": 128,
-            "layer_norm_epsilon": 1e-6, "vocab_size": vocab, "feed_forward_proj": "gated-gelu",
-            "dense_act_fn": "gelu_new", "is_gated_act": True, "pad_token_id": 0, "eos_token_id": 1}
+            "relative_attention_num_buckets": buckets, **T5_FAMILY, "vocab_size": vocab,
+            "feed_forward_proj": "gated-gelu", "dense_act_fn": "gelu_new", "is_gated_act": True, "pad_token_id": 0,
+            "eos_token_id": 1, **(given or {})}
 
 
 # ---- CLIP vision files: Wan-AI's models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth (the module names
@@ -425,18 +503,34 @@ def clip_vision_checkpoint(raw):
     return raw if HF_CLIP_MARKER in keys else None
 
 
-def infer_clip_vision_config(ckpt) -> dict:
-    """A CLIPVisionModel config from transformers-named tensors. The head count is not in any shape:
-    16 for a 1,280-wide tower (ViT-H/14, the one Wan uses), else 64-wide heads (ViT-B and ViT-L)."""
+# The CLIP vision tower Wan uses (OpenCLIP ViT-H/14): 16 heads, exact GELU. Other towers differ in both
+# (ViT-B 12 heads; OpenAI's towers quick_gelu), and no tensor records either.
+RELEASED_CLIP = {1280: {"num_attention_heads": 16, "hidden_act": "gelu"}}
+
+
+def infer_clip_vision_config(ckpt, given: dict | None = None, where="the checkpoint") -> dict:
+    """A CLIPVisionModel config from transformers-named tensors; `given` (a config, possibly partial,
+    or a CLIPConfig with a `vision_config`) wins. The head count and activation are in no shape: those
+    of Wan's 1,280-wide ViT-H/14 for that width, else they must be given. LayerNorm eps is 1e-5 in
+    every CLIP."""
+    given = dict(given or {})
+    vision = given.get("vision_config", given)
     hidden, _, patch, _ = ckpt.shape("vision_model.embeddings.patch_embedding.weight")
     positions = ckpt.shape("vision_model.embeddings.position_embedding.weight")[0]
     side = int(round((positions - 1) ** 0.5))
     if side * side != positions - 1:
         raise CheckpointError(f"CLIP position embedding of {positions} rows is not 1 + a square grid")
+    released = RELEASED_CLIP.get(hidden)
+    found = _settings(["num_attention_heads", "hidden_act"], vision, released, where,
+                      f"hidden size {hidden}" + ("" if released else ", not Wan's 1280-wide ViT-H/14"), "image_encoder")
+    heads = int(found["num_attention_heads"])
+    if heads < 1 or hidden % heads:
+        raise CheckpointError(f"config num_attention_heads={heads} does not divide the hidden size {hidden} of {where}")
     keys = set(ckpt.keys())
-    return {"hidden_size": hidden, "patch_size": patch, "image_size": side * patch,
-            "num_hidden_layers": _count(keys, r"^vision_model\.encoder\.layers\.(\d+)\."),
-            "intermediate_size": ckpt.shape("vision_model.encoder.layers.0.mlp.fc1.weight")[0],
-            "num_attention_heads": 16 if hidden == 1280 else hidden // 64, "num_channels": 3,
-            "hidden_act": "gelu", "layer_norm_eps": 1e-5}
-
+    cfg = {"hidden_size": hidden, "patch_size": patch, "image_size": side * patch,
+           "num_hidden_layers": _count(keys, r"^vision_model\.encoder\.layers\.(\d+)\."),
+           "intermediate_size": ckpt.shape("vision_model.encoder.layers.0.mlp.fc1.weight")[0],
+           "num_attention_heads": heads, "num_channels": 3, "hidden_act": found["hidden_act"], "layer_norm_eps": 1e-5}
+    if "vision_config" in given:
+        return {**given, "vision_config": {**cfg, **vision}}
+    return {**cfg, **given}

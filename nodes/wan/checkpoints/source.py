@@ -133,4 +133,7 @@ def config_from(spec, subfolder: str | None) -> dict:
             if (folder / "config.json").exists():
                 return read_config(folder)
         raise FileNotFoundError(f"config {spec}: neither {subfolder}/config.json nor config.json is in that folder")
-    return read_config(as_source(spec).component(subfolder))
+    try:
+        return read_config(as_source(spec).component(subfolder))
+    except FileNotFoundError as e:   # neither a path nor a reachable repo: say it was the config
+        raise FileNotFoundError(f"config {spec}: {e}") from None

@@ -3,8 +3,9 @@
 `with_lora(transformer, lora, strength)` returns a view that shares the base model's parameters:
 the patched weights of a block exist only while that block runs (one block at a time), so a LoRA
 costs a few small matmuls per block instead of a second copy of the model, and the base model
-cached by the graph stays as it was. Each module gets `W + strength · alpha/rank · B·A` (and
-`b + strength · diff_b`), as diffusers computes it. Files are read by `checkpoints.lora_files`.
+cached by the graph stays as it was. Each module gets `W + strength · scale · B·A` and
+`b + strength · bias delta`, as diffusers (PEFT) computes it; the scale (alpha / rank, per module)
+and the deltas are decided by `checkpoints.lora_files`, which reads the files.
 """
 from __future__ import annotations
 
@@ -21,21 +22,20 @@ _mm = ops.MatMul()
 
 @dataclass
 class LoraWeights:
-    """One LoRA file, by our parameter-module names: low-rank pairs, alphas and bias deltas."""
+    """One LoRA file, by our parameter and module names."""
     down: dict = field(default_factory=dict)       # module -> A [rank, in]
     up: dict = field(default_factory=dict)         # module -> B [out, rank]
-    alpha: dict = field(default_factory=dict)      # module -> alpha (scale = alpha / rank)
-    bias: dict = field(default_factory=dict)       # module -> bias delta [out]
-    full: dict = field(default_factory=dict)       # module -> full weight delta (head.head.diff only)
-    dropped: list = field(default_factory=list)
+    scales: dict = field(default_factory=dict)     # module -> factor of B·A (alpha / rank, PEFT's scaling)
+    bias: dict = field(default_factory=dict)       # module -> bias delta [out], its scale already applied
+    full: dict = field(default_factory=dict)       # parameter name -> full delta (same shape as the parameter)
+    skipped: dict = field(default_factory=dict)    # file key -> why it is not applied
     source: str = ""
 
     def scale(self, module: str) -> float:
-        rank = self.down[module].shape[0]
-        return float(self.alpha.get(module, rank)) / rank
+        return float(self.scales.get(module, 1.0))
 
     def modules(self) -> set:
-        return set(self.down) | set(self.bias) | set(self.full)
+        return set(self.down) | set(self.bias) | {n.rsplit(".", 1)[0] for n in self.full}
 
     def cache_nbytes(self) -> int:
         return sum(int(a.nbytes) for d in (self.down, self.up, self.bias, self.full) for a in d.values())
@@ -92,9 +92,9 @@ class LoraTransformer:
             for module, db in lora.bias.items():
                 t = ms.Tensor(db * np.float32(strength))
                 add(f"{module}.bias", lambda t=t: t)
-            for module, dw in lora.full.items():
+            for name, dw in lora.full.items():
                 t = ms.Tensor(dw * np.float32(strength))
-                add(f"{module}.weight", lambda t=t: t)
+                add(name, lambda t=t: t)
         return params, deltas
 
     @contextmanager

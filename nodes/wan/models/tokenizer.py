@@ -63,6 +63,9 @@ class WanTokenizer:
 
     def __call__(self, prompts: str | list[str], max_length: int = 512) -> TokenizerOutput:
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)) or max_length < 1:
+            raise ValueError(f"max_length must be a positive number of tokens, got {max_length!r}")
+        max_length = int(max_length)
         ids = np.full((len(prompts), max_length), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(prompts), max_length), dtype=np.int64)
         for i, text in enumerate(prompts):
@@ -72,6 +75,16 @@ class WanTokenizer:
             ids[i, : len(toks)] = toks
             mask[i, : len(toks)] = 1
         return TokenizerOutput(ids, mask)
+
+    @classmethod
+    def from_sentencepiece(cls, model: bytes) -> "WanTokenizer":
+        """From a serialized sentencepiece model: ComfyUI's text-encoder files carry UMT5's as a
+        `spiece_model` uint8 tensor. Pad `<pad>` and EOS `</s>` as T5's."""
+        import sentencepiece as spm
+        sp = spm.SentencePieceProcessor(model_proto=bytes(model))
+        pad = sp.piece_to_id("<pad>") if sp.piece_to_id("<pad>") != sp.unk_id() else 0
+        eos = sp.piece_to_id("</s>") if sp.piece_to_id("</s>") != sp.unk_id() else sp.eos_id()
+        return cls(sp, pad, eos, "sentencepiece")
 
 
 def _token_text(tok) -> str:

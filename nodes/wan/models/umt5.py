@@ -130,7 +130,8 @@ class _Encoder(nn.Cell):
 class UMT5EncoderModel(nn.Cell):
     WEIGHTS_NAME = "model"
     KEEP_FP32 = ("wo",)          # transformers keeps `wo` in fp32 for half-precision loads
-    IGNORE_UNEXPECTED = ("encoder.embed_tokens.weight", "decoder.")
+    # ComfyUI's umt5_xxl_* files also carry the sentencepiece tokenizer as a uint8 `spiece_model` tensor
+    IGNORE_UNEXPECTED = ("encoder.embed_tokens.weight", "decoder.", "spiece_model")
 
     DEFAULTS = dict(d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
                     relative_attention_num_buckets=32, relative_attention_max_distance=128,

@@ -41,7 +41,8 @@ def load_denoiser(source, dtype="float32", compile: bool | str = "auto", low_noi
     ms.jit: one graph per latent shape shared by all blocks, compiled on first use
     and falling back to eager execution if the device cannot compile it.
     `boundary_ratio` overrides the expert switch point (default: the model's own). `config`
-    (a dict, config.json, pipeline folder or hub repo id) replaces what a single file's shapes imply.
+    (a dict, config.json, pipeline folder or hub repo id) overrides what a single file's shapes imply;
+    a transformer of other than a released size (hidden size 1536, 3072, 5120) needs it for its head count.
     """
     src = as_source(source)
     if src.is_file:
@@ -83,24 +84,27 @@ def load_denoiser(source, dtype="float32", compile: bool | str = "auto", low_noi
 DEFAULT_TOKENIZER_SOURCE = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
 
 
-def load_text(source, dtype="float32", tokenizer_source=None) -> WanTextEncoder:
+def load_text(source, dtype="float32", tokenizer_source=None, config=None) -> WanTextEncoder:
     """UMT5 encoder + tokenizer of a pipeline folder / repo, or an encoder file (ComfyUI's umt5_xxl_*)
-    with the tokenizer of `tokenizer_source` (a pipeline folder or repo id; by default Wan-AI's)."""
+    with the tokenizer of `tokenizer_source` (a pipeline folder or repo id; by default Wan-AI's).
+    `config` (a dict, config.json, pipeline folder or hub repo id) overrides what a file's shapes imply."""
     src = as_source(source)
     # a hub repo is fetched one folder at a time: only tokenizer/ for a single-file encoder
     tokenizer = load_tokenizer(tokenizer_source or (DEFAULT_TOKENIZER_SOURCE if src.is_file else src), "tokenizer")
-    encoder = load_text_encoder(src, None if src.is_file else "text_encoder", dtype=dtype)
+    encoder = load_text_encoder(src, None if src.is_file else "text_encoder", dtype=dtype, config=config)
     return WanTextEncoder(encoder=encoder, tokenizer=tokenizer)
 
 
-def load_clip_vision(source, dtype="float32") -> WanCLIPVision:
+def load_clip_vision(source, dtype="float32", config=None) -> WanCLIPVision:
     """image_encoder/ and image_processor/ of a pipeline folder or hub repo id; or one CLIP vision file
     (Wan-AI's open-clip .pth, ComfyUI's clip_vision_h) with the preprocessing of Wan's diffusers repos:
-    shortest edge and center crop to the tower's image size (224), bicubic, OpenAI mean and std."""
+    shortest edge and center crop to the tower's image size (224), bicubic, OpenAI mean and std.
+    `config` (a dict, config.json, folder or hub repo id) overrides what a file's shapes imply: a tower
+    other than Wan's 1280-wide ViT-H/14 needs its head count and activation from it."""
     src = as_source(source)
     if src.is_file:
-        encoder = load_image_encoder(src, None, dtype=dtype)
+        encoder = load_image_encoder(src, None, dtype=dtype, config=config)
         side = encoder.cfg["image_size"]
         return WanCLIPVision(encoder=encoder, processor=CLIPImageProcessor(size=side, crop_size=side))
-    return WanCLIPVision(encoder=load_image_encoder(src, "image_encoder", dtype=dtype),
+    return WanCLIPVision(encoder=load_image_encoder(src, "image_encoder", dtype=dtype, config=config),
                          processor=load_image_processor(src, "image_processor"))

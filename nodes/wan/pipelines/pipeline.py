@@ -55,22 +55,24 @@ class WanPipeline:
     def text_to_video(self, prompt: str | list[str], negative_prompt: str | list[str] | None = "", *,
                       height: int = 480, width: int = 832, num_frames: int = 81, steps: int = 50,
                       guidance: float = 5.0, guidance_2: float | None = None, shift: float | None = None,
-                      scheduler: str = "unipc", seed: int = 0, latents=None, callback=None) -> np.ndarray:
-        """Frames [B, F, H, W, 3] in 0..1. `latents` overrides the seed's noise."""
-        pos, neg, batch = self._encode_prompts(prompt, negative_prompt, guidance)
+                      scheduler: str = "unipc", seed: int = 0, latents=None, max_sequence_length: int = 512,
+                      callback=None) -> np.ndarray:
+        """Frames [B, F, H, W, 3] in 0..1. `latents` overrides the seed's noise; `max_sequence_length`
+        is the prompts' token count, as diffusers' (512 in every Wan pipeline)."""
+        pos, neg, batch = self._encode_prompts(prompt, negative_prompt, guidance, max_sequence_length)
         shape = self.latent_shape(batch, height, width, num_frames)
         noise = np.asarray(latents, np.float32) if latents is not None else make_noise(seed, shape)
         x, _ = denoise(self.denoiser, pos, neg, steps=steps, guidance=guidance, guidance_2=guidance_2,
                        scheduler=scheduler, shift=shift, noise=noise, callback=callback)
         return decode_latents(self.vae, x)
 
-    def _encode_prompts(self, prompt, negative_prompt, guidance: float):
+    def _encode_prompts(self, prompt, negative_prompt, guidance: float, max_length: int = 512):
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        pos = self.text_encoder.encode(prompts)
+        pos = self.text_encoder.encode(prompts, max_length)
         neg = None
         if guidance > 1.0:
             negs = negative_prompt if isinstance(negative_prompt, list) else [negative_prompt or ""] * len(prompts)
-            neg = self.text_encoder.encode(negs)
+            neg = self.text_encoder.encode(negs, max_length)
         return pos, neg, len(prompts)
 
     def text_image_to_video(self, image, prompt: str | list[str], negative_prompt: str | list[str] | None = "", *,

@@ -21,7 +21,7 @@ def clean_prompt(text: str) -> str:
 
 def encode_prompt(text_encoder, tokenizer, prompts: list[str], max_length: int = 512) -> ms.Tensor:
     """[B, max_length, D]: the encoder's last hidden state for each prompt's tokens
-    (EOS included), exact zeros for the rows past them."""
+    (EOS included), exact zeros for the rows past them (diffusers' `max_sequence_length`)."""
     tokens = tokenizer([clean_prompt(p) for p in prompts], max_length=max_length)
     hidden = text_encoder(tokens.input_ids, tokens.attention_mask)
     keep = ms.Tensor((tokens.attention_mask > 0).astype(np.float32)[:, :, None])

@@ -1,7 +1,7 @@
 """The control input of Wan VACE models, as diffusers' `WanVACEPipeline` builds it (wan_models.md §5.4).
 
     control, n_refs = vace_control(vae, height, width, num_frames, video=frames, mask=mask_frames,
-                                   reference_images=[image])
+                                   reference_images=[image_a, image_b])    # sizes may differ
 
 `control` [1, 96, n_refs + T', h, w] is what `WanVACETransformer3DModel` takes as
 `control_hidden_states`: 32 channels of video latents (the part to keep and the part to
@@ -42,10 +42,28 @@ def _bilinear(img: np.ndarray, h: int, w: int) -> np.ndarray:
     return (top * (1 - fy)[:, None] + bottom * fy[:, None]).astype(np.float32)
 
 
+def reference_array(image, index: int = 0) -> np.ndarray:
+    """One reference image as [h, w, 3] float32 in 0..1: a PIL image, or an array [h, w, C] /
+    [1, h, w, C] in 0..1 (C ≥ 3; extra channels such as alpha are dropped)."""
+    if hasattr(image, "convert") and hasattr(image, "size"):           # PIL
+        return np.asarray(image.convert("RGB"), np.float32) / 255.0
+    a = np.asarray(image.asnumpy() if hasattr(image, "asnumpy") else image, np.float32)
+    if a.ndim == 4 and a.shape[0] == 1:
+        a = a[0]
+    if a.ndim != 3 or a.shape[-1] < 3:
+        raise ValueError(f"VACE reference image {index + 1} has shape {tuple(a.shape)}; expected one image "
+                         f"[height, width, 3] (a batch of several images is several references: split it)")
+    if min(a.shape[:2]) < 8:
+        raise ValueError(f"VACE reference image {index + 1} is {a.shape[1]}×{a.shape[0]}; it needs at least 8×8 "
+                         f"pixels (its size is floored to multiples of 8)")
+    return a[..., :3]
+
+
 def reference_canvas(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """A reference image [h, w, 3] in 0..1, scaled to fit inside height×width and centred on a
-    white canvas, as [3, height, width] in [-1, 1]."""
-    image = np.asarray(image, np.float32)[..., :3]
+    white canvas, as [3, height, width] in [-1, 1] (diffusers' `preprocess_conditions`: any size
+    and aspect; each reference of a list is fitted on its own)."""
+    image = reference_array(image)
     h, w = image.shape[:2]
     if h % 8 or w % 8:   # the reference's image processor first floors the size to multiples of 8 (lanczos)
         from PIL import Image
@@ -55,6 +73,9 @@ def reference_canvas(image: np.ndarray, height: int, width: int) -> np.ndarray:
     h, w = img.shape[1:]
     scale = min(height / h, width / w)
     nh, nw = int(h * scale), int(w * scale)
+    if nh < 1 or nw < 1:
+        raise ValueError(f"a VACE reference image of {w}×{h} fitted into {width}×{height} would be {nw}×{nh} "
+                         f"pixels; crop it to a less extreme aspect ratio")
     canvas = np.ones((3, height, width), np.float32)
     top, left = (height - nh) // 2, (width - nw) // 2
     canvas[:, top:top + nh, left:left + nw] = _bilinear(img, nh, nw)
@@ -76,10 +97,13 @@ def vace_control(vae, height: int, width: int, num_frames: int, video=None, mask
     """(control [1, 96, n_refs + T', h, w], n_refs) for the given inputs.
 
     `video` [F, H, W, 3] in 0..1 (None: nothing to keep, all grey); `mask` [F, H, W(, C)] in 0..1,
-    white = generate (None: generate everything); `reference_images`: images [h, w, 3] in 0..1.
-    Frames must already be height×width (resize them first).
+    white = generate (None: generate everything); `reference_images`: a list of images, each of any
+    size (see `reference_array`), in diffusers' `reference_images` order. Frames must already be
+    height×width (resize them first).
     """
     s, t = vae.spatial_compression, vae.temporal_compression
+    canvases = [reference_canvas(reference_array(image, i), height, width)     # bad input fails before encoding
+                for i, image in enumerate(reference_images or ())]
     for name, frames in (("video", video), ("mask", mask)):
         if frames is not None:
             shape = np.shape(frames)
@@ -99,9 +123,8 @@ def vace_control(vae, height: int, width: int, num_frames: int, video=None, mask
     latents = np.concatenate([_encode(vae, clip * (1 - keep)), _encode(vae, clip * keep)], axis=1)
     latent_frames = (num_frames - 1) // t + 1
     masks = pack_mask(m, latent_frames, s)[None]
-    refs = list(reference_images or ())
-    for image in refs:      # each one goes in front, so the last reference ends up first
-        ref = _encode(vae, reference_canvas(image, height, width)[None, :, None])
+    for canvas in canvases:      # each one goes in front, so the last reference ends up first
+        ref = _encode(vae, canvas[None, :, None])
         latents = np.concatenate([np.concatenate([ref, np.zeros_like(ref)], axis=1), latents], axis=2)
         masks = np.concatenate([np.zeros_like(masks[:, :, :1]), masks], axis=2)
-    return np.concatenate([latents, masks], axis=1).astype(np.float32), len(refs)
+    return np.concatenate([latents, masks], axis=1).astype(np.float32), len(canvases)
