@@ -94,6 +94,7 @@ class _Progress:
 def cmd_run(a) -> int:
     from .executor import Executor
     wf = Workflow.load(a.workflow)
+    export_folders(a)
     ex = Executor(cache=a.cache, output_dir=a.output_dir, **disk_cache_options(a))
     ex.subscribe(_Progress())
     previous = signal.getsignal(signal.SIGINT)
@@ -129,6 +130,7 @@ def cmd_run(a) -> int:
 
 def cmd_validate(a) -> int:
     from .validate import validate
+    export_folders(a)
     wf = Workflow.load(a.workflow)
     errors = validate(wf, _params(wf, a.set))
     if errors:
@@ -173,11 +175,24 @@ def cmd_params(a) -> int:
 def cmd_serve(a) -> int:
     from .server import ServerConfig, serve
     disk = disk_cache_options(a)
+    export_folders(a)
     return serve(ServerConfig(listen=a.listen, port=a.port, models_dir=a.models_dir, output_dir=a.output_dir,
                               input_dir=a.input_dir, temp_dir=a.temp_dir, user_dir=a.user_dir,
                               queue_db=a.queue_db, cache=a.cache, max_upload_mb=a.max_upload_size,
                               front_end_root=a.front_end_root, cache_dir=disk["cache_dir"],
                               cache_dir_bytes=disk["cache_dir_bytes"]))
+
+
+def export_folders(a) -> None:
+    """Tell node packs where the models and input folders are (they read these variables, so a node
+    resolves a file name the same way under `run`, `serve` and a script)."""
+    for option, var in (("models_dir", "GRAPHRT_MODELS_DIR"), ("input_dir", "GRAPHRT_INPUT_DIR")):
+        value = getattr(a, option, None)
+        if value:
+            os.environ[var] = str(Path(value).expanduser().resolve())
+    extra = getattr(a, "extra_model_paths", None) or []
+    if extra:
+        os.environ["GRAPHRT_EXTRA_MODEL_PATHS"] = os.pathsep.join(str(Path(p).expanduser().resolve()) for p in extra)
 
 
 def default_cache_dir() -> Path:
@@ -191,6 +206,14 @@ def disk_cache_options(a) -> dict:
         return {"cache_dir": None, "cache_dir_bytes": None}
     kind, limit = OutputCache.parse(f"budget:{a.cache_dir_size}")
     return {"cache_dir": a.cache_dir or default_cache_dir(), "cache_dir_bytes": limit}
+
+
+def _folder_arguments(p, defaults: bool):
+    p.add_argument("--models-dir", default="models" if defaults else None,
+                   help="ComfyUI-style models folder (diffusion_models, text_encoders, vae, clip_vision, loras, ...)")
+    p.add_argument("--input-dir", default="input" if defaults else None, help="where input images and videos are")
+    p.add_argument("--extra-model-paths", action="append", default=[], metavar="YAML",
+                   help="a ComfyUI extra_model_paths.yaml whose folders are searched too (repeatable)")
 
 
 def _disk_cache_arguments(p):
@@ -214,10 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--cache", default="last-run", help="last-run | lru:N | budget:8GB | none")
     r.add_argument("--target", action="append", default=[], help="run only what this node needs (repeatable)")
     _disk_cache_arguments(r)
+    _folder_arguments(r, defaults=False)
     r.set_defaults(fn=cmd_run)
     v = sub.add_parser("validate", help="check a workflow without running it")
     v.add_argument("workflow")
     v.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
+    _folder_arguments(v, defaults=False)
     v.set_defaults(fn=cmd_validate)
     n = sub.add_parser("nodes", help="list node types and their schemas")
     n.add_argument("--json", action="store_true")
@@ -228,9 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv = sub.add_parser("serve", help="serve ComfyUI's HTTP/WebSocket API and web page")
     sv.add_argument("--listen", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     sv.add_argument("--port", type=int, default=8188, help="0 picks a free port")
-    sv.add_argument("--models-dir", default="models", help="ComfyUI-style models folder")
+    _folder_arguments(sv, defaults=True)
     sv.add_argument("--output-dir", default="output")
-    sv.add_argument("--input-dir", default="input", help="where uploads go")
     sv.add_argument("--temp-dir", default="temp")
     sv.add_argument("--user-dir", default="user", help="settings, saved workflows and the queue database")
     sv.add_argument("--queue-db", default=None, help="the queue's sqlite file (default USER_DIR/queue.sqlite3)")

@@ -74,10 +74,24 @@ def import_module_nodes(module: str) -> None:
     importlib.import_module(module)
 
 
+def live_choices(cls: type[Node], name: str) -> list | None:
+    """The choices a node computes when asked (`cls.input_choices(name)`, e.g. the files of a folder),
+    or None where it computes none: enums are fixed when a class is defined, folders change."""
+    fn = getattr(cls, "input_choices", None)
+    return fn(name) if callable(fn) else None
+
+
+def _input_schema(cls: type[Node], i) -> list:
+    choices = live_choices(cls, i.name)
+    if choices is None:
+        return [i.type_name, i.options()]
+    return ["COMBO", {**{k: v for k, v in i.options().items() if k in ("default", "tooltip")}, "options": choices}]
+
+
 def node_schema(cls: type[Node]) -> dict:
     """A node type's schema, modelled on ComfyUI's /object_info."""
-    required = {i.name: [i.type_name, i.options()] for i in cls.INPUTS if not i.optional}
-    optional = {i.name: [i.type_name, i.options()] for i in cls.INPUTS if i.optional}
+    required = {i.name: _input_schema(cls, i) for i in cls.INPUTS if not i.optional}
+    optional = {i.name: _input_schema(cls, i) for i in cls.INPUTS if i.optional}
     return {
         "name": cls.class_name(),
         "display_name": cls.DISPLAY_NAME or cls.class_name(),

@@ -6,6 +6,7 @@ import numpy as np
 from graphrt import Input, Node, Output, register_node
 
 from .wan import media
+from .comfy.comfy_files import IMAGE_EXTENSIONS, INPUT_FOLDER, FileInputNode, file_input, find_input_file
 from .fingerprint import file_digest
 
 PREFIX_TIP = "File name prefix, may include a subfolder of the output folder; a 5-digit counter is appended."
@@ -71,23 +72,26 @@ class SaveTensor(Node):
 
 
 @register_node
-class LoadImage(Node):
+class LoadImage(FileInputNode):
     CATEGORY = "image"
-    DESCRIPTION = "Loads an image file as one frame [1, H, W, 3] in 0..1."
-    INPUTS = [Input("path", "STRING", default="")]
-    OUTPUTS = [Output("image", "IMAGE")]
+    DESCRIPTION = ("Loads an image file as ComfyUI's LoadImage does: IMAGE [N, H, W, 3] in 0..1 (animated files "
+                   "give every frame) and MASK = 1 − alpha ([1, 64, 64] zeros without alpha). `image` is a file "
+                   "name in the input folder (--input-dir, default ./input), or a path.")
+    FOLDER_INPUTS = {"image": INPUT_FOLDER}
+    INPUT_EXTENSIONS = IMAGE_EXTENSIONS
+    INPUTS = [file_input("image", INPUT_FOLDER)]
+    OUTPUTS = [Output("IMAGE", "IMAGE"), Output("MASK", "MASK")]
 
     @classmethod
-    def fingerprint(cls, path="", **_):
-        return file_digest(path)
+    def fingerprint(cls, image="", **_):
+        try:
+            return file_digest(find_input_file(image))    # the content: an edited image re-runs the graph
+        except FileNotFoundError:
+            return f"missing:{image}"
 
-    @classmethod
-    def validate_inputs(cls, path="", **_):
-        from pathlib import Path
-        return None if Path(path).is_file() else f"no such image file: {path!r}"
-
-    def execute(self, ctx, path):
-        return (media.load_image(path),)
+    def execute(self, ctx, image):
+        from .wan.comfy_media import load_image_with_mask
+        return load_image_with_mask(find_input_file(image))
 
 
 @register_node

@@ -8,7 +8,7 @@ passes the chosen file's full path to the node.
 """
 from __future__ import annotations
 
-from ..registry import get_node_class, node_names
+from ..registry import get_node_class, live_choices, node_names
 from ..types import Input, Node
 
 INPUT_FOLDER = "input"
@@ -51,8 +51,8 @@ def node_info(cls: type[Node], list_folder=None) -> dict:
     folders = folder_inputs(cls)
     required, optional = {}, {}
     for inp in cls.INPUTS:
-        choices = None
-        if inp.name in folders and list_folder is not None:
+        choices = live_choices(cls, inp.name)       # the node lists its own files (extra paths included)
+        if choices is None and inp.name in folders and list_folder is not None:
             choices = list_folder(folders[inp.name])
         spec = input_spec(inp, choices)
         if folders.get(inp.name) == INPUT_FOLDER:

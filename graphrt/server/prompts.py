@@ -132,13 +132,21 @@ def check_prompt(prompt, partial_targets=None, resolve=None):
     return True, None, good, node_errors, prompt
 
 
+def _server_folders(cls) -> dict:
+    """The folder inputs the server checks and resolves: those of nodes that do not list and
+    resolve their own files (`input_choices`: their validate_inputs and execute take the name)."""
+    if cls is None or callable(getattr(cls, "input_choices", None)):
+        return {}
+    return folder_inputs(cls)
+
+
 def _folder_errors(prompt: dict, resolve) -> list[ValidationError]:
     """A folder input takes one of its folder's files (or its declared default), like a COMBO."""
     errors = []
     for nid, node in prompt.items():
         cls = get_node_class(node.get("class_type"))
         inputs = node.get("inputs") if isinstance(node.get("inputs"), dict) else {}
-        for name, folder in (folder_inputs(cls) if cls is not None else {}).items():
+        for name, folder in _server_folders(cls).items():
             value = inputs.get(name)
             if not isinstance(value, str) or value == cls.input_map()[name].default:
                 continue
@@ -156,7 +164,7 @@ def resolve_inputs(prompt: dict, resolve) -> dict:
     nodes = {}
     for nid, node in prompt.items():
         cls = get_node_class(node.get("class_type")) if isinstance(node, dict) else None
-        folders = folder_inputs(cls) if cls is not None else {}
+        folders = _server_folders(cls)
         if folders and isinstance(node.get("inputs"), dict):
             inputs = dict(node["inputs"])
             for name, folder in folders.items():
