@@ -79,18 +79,20 @@ class _Plan:
                     any(src in self.dynamic for _, src, _, _ in self.links[nid]):
                 self.dynamic.add(nid)
 
-    def _closure(self, start, follow_lazy: bool) -> set:
+    def _closure(self, start, follow_lazy: bool, stop=None) -> set:
+        """`start` and its ancestors; the inputs of a node for which `stop(node)` holds are not followed."""
         seen, stack = set(), list(start)
         while stack:
             nid = stack.pop()
             if nid in seen:
                 continue
             seen.add(nid)
-            stack.extend(src for _, src, _, lazy in self.links[nid] if follow_lazy or not lazy)
+            if stop is None or not stop(nid):
+                stack.extend(src for _, src, _, lazy in self.links[nid] if follow_lazy or not lazy)
         return seen
 
-    def strict_closure(self, start) -> set:
-        return self._closure(start, follow_lazy=False)
+    def strict_closure(self, start, stop=None) -> set:
+        return self._closure(start, follow_lazy=False, stop=stop)
 
 
 class Executor:
@@ -283,16 +285,7 @@ class _RunState:
     def demand(self, start) -> set:
         """The nodes `start` needs: its ancestors, but not the inputs of a node the cache will serve
         (as ComfyUI's execution list), so a cached text encode spares loading its encoder."""
-        seen, stack = set(), list(start)
-        while stack:
-            nid = stack.pop()
-            if nid in seen:
-                continue
-            seen.add(nid)
-            if nid not in self.done and self.sigs[nid] in self.ex.cache:
-                continue
-            stack.extend(src for _, src, _, lazy in self.plan.links[nid] if not lazy)
-        return seen
+        return self.plan.strict_closure(start, stop=lambda nid: nid not in self.done and self.sigs[nid] in self.ex.cache)
 
     def run_set(self, wanted: set):
         for nid in wanted:
