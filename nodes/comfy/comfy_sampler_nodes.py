@@ -24,8 +24,16 @@ def _seed(name: str, tooltip: str = "") -> Input:
 
 
 def _progress(ctx):
-    """The samplers' per-step callback as node progress; an interrupt asked for stops at the next step."""
-    return lambda step, denoised, x, total: ctx.progress(step + 1, total)
+    """The samplers' per-step callback as node progress, with a latent preview of the step's denoised
+    estimate when someone watches (the server's web page); an interrupt stops at the next step."""
+    def step_done(step, denoised, x, total):
+        if ctx.wants_preview:
+            from ..wan.pipelines.latent_preview import latent_preview
+            picture = latent_preview(denoised)
+            if picture is not None:
+                ctx.preview(picture)
+        ctx.progress(step + 1, total)
+    return step_done
 
 
 @register_node

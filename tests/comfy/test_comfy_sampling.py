@@ -523,3 +523,26 @@ def test_progress_per_step_and_interrupt(world):
     finally:
         stop()
     assert len(seen) == 1
+
+
+def test_a_watched_ksampler_sends_a_latent_preview_per_step(world):
+    # The server subscribes with previews=True; each step's denoised estimate becomes a picture
+    # through ComfyUI's Wan2.1 latent2rgb factors (nodes/wan/pipelines/latent_preview.py).
+    from nodes.wan.pipelines.latent_preview import latent_preview
+    g, model, pos, neg, lat = base_graph(world)
+    ks = g.node("KSampler", seed=12, steps=2, cfg=CFG, sampler_name="euler", scheduler="simple",
+                model=model[0], positive=pos[0], negative=neg[0], latent_image=lat[0], denoise=1.0)
+    ex = world["ex"]
+    pictures = []
+    stop = ex.subscribe(lambda e: pictures.append(e.data["image"]) if e.type == "preview" else None, previews=True)
+    try:
+        ex.run(g.to_workflow(), targets=[ks.id])
+    finally:
+        stop()
+    assert len(pictures) == 2
+    assert all(p.shape == (HEIGHT // 8, WIDTH // 8, 3) and 0 <= p.min() and p.max() <= 1 for p in pictures)
+    one_hot = np.zeros((16, 1, 2, 2), np.float32)
+    one_hot[14] = 1.0                    # channel 14's row (0.3477, 0.2275, 0.2950) plus the bias
+    want = (np.array([0.3477 - 0.1835, 0.2275 - 0.0868, 0.2950 - 0.3360], np.float32) + 1) / 2
+    np.testing.assert_allclose(latent_preview(one_hot)[0, 0], want, rtol=1e-6)
+    assert latent_preview(np.zeros((4, 1, 2, 2))) is None       # a toy latent space: no preview, no error
