@@ -39,6 +39,7 @@ class NodeReport:
     peak_rss: int = 0            # bytes: the process's RSS high-water mark when the node ended
     error: dict | None = None
     ui: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)   # what the node reported doing (ctx.metrics)
 
     def to_dict(self) -> dict:
         return asdict(self)

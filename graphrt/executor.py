@@ -111,6 +111,7 @@ class Executor:
         self._interrupt = threading.Event()
         self._plans: dict = {}
         self._ui: dict[str, dict] = {}       # signature -> UI info of a cached output node
+        self._metrics: dict[str, dict] = {}  # signature -> metrics of a cached node's run
 
     # -- events and interrupts -----------------------------------------------------------
     def subscribe(self, callback, previews: bool = False):
@@ -233,9 +234,9 @@ class Executor:
 
     def _end_run(self):
         self.cache.end_run()
-        if self._ui:
-            for sig in [k for k in self._ui if k not in self.cache]:
-                del self._ui[sig]
+        for kept in (self._ui, self._metrics):
+            for sig in [k for k in kept if k not in self.cache]:
+                del kept[sig]
 
 
 class _NodeFailed(Exception):
@@ -320,6 +321,7 @@ class _RunState:
             self.values[nid] = hit
             rep.status = "cached"
             rep.ui = ex._ui.get(self.sigs[nid], rep.ui)
+            rep.metrics = ex._metrics.get(self.sigs[nid], rep.metrics)
             self.done.add(nid)
             self._release(nid)
             ex._emit("node_finished", nid, ctype, seconds=0.0, cached=True, ui=rep.ui)
@@ -371,6 +373,9 @@ class _RunState:
         ex.cache.put(self.sigs[nid], out, persist=getattr(cls, "DISK_CACHE", False))
         if rep.ui:
             ex._ui[self.sigs[nid]] = rep.ui
+        rep.metrics = ctx.metrics_info
+        if rep.metrics:
+            ex._metrics[self.sigs[nid]] = rep.metrics
         self.values[nid] = out
         self.done.add(nid)
         self._release(nid)

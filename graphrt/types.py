@@ -133,6 +133,7 @@ class NodeContext:
     _interrupted: Callable[[], bool]
     ui_info: dict = field(default_factory=dict)
     logs: list = field(default_factory=list)
+    metrics_info: dict = field(default_factory=dict)
     _preview: Callable[[str, Any], None] | None = None
 
     @property
@@ -162,6 +163,11 @@ class NodeContext:
 
     def ui(self, **info) -> None:
         self.ui_info.update(info)
+
+    def metrics(self, **values) -> None:
+        """Numbers for the run report (`NodeReport.metrics`, `--report`): what the node did, e.g. how
+        many model calls a cache skipped. Kept with the output, so a cached hit reports them too."""
+        self.metrics_info.update(values)
 
     def log(self, message: str) -> None:
         self.logs.append(str(message))

@@ -15,6 +15,7 @@ from graphrt.disk_cache import register_codec
 
 from .wan.pipelines.conditioning import WanConditioning
 from .wan.pipelines.sampling import SamplerState
+from .wan.pipelines.step_cache import CacheState, Streak
 
 
 def _encode_tensor(t: ms.Tensor) -> dict:
@@ -36,3 +37,5 @@ def _dataclass_codec(cls):
 register_codec(ms.Tensor, "mindspore.Tensor", _encode_tensor, _decode_tensor)
 _dataclass_codec(WanConditioning)
 _dataclass_codec(SamplerState)
+_dataclass_codec(CacheState)
+_dataclass_codec(Streak)

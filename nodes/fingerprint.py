@@ -34,6 +34,21 @@ def tree_stamp(path: str | os.PathLike) -> str:
 
 
 def source_stamp(source: str) -> str:
-    """A loader source: local folder/file -> tree stamp; preset or hub id -> itself."""
+    """A loader source: local folder/file -> tree stamp; the preset -> its version; a hub id -> the
+    revision huggingface_hub's cache holds (outputs kept on disk must not outlive the weights)."""
     p = Path(os.path.expanduser(source))
-    return tree_stamp(p) if p.exists() else source
+    if p.exists():
+        return tree_stamp(p)
+    if source == "tiny":
+        from .wan.checkpoints.presets import PRESET_VERSION
+        return f"tiny:v{PRESET_VERSION}"
+    return f"{source}@{_hub_revision(source) or 'not-cached'}"
+
+
+def _hub_revision(repo_id: str) -> str | None:
+    try:
+        from huggingface_hub.constants import HF_HUB_CACHE
+    except Exception:
+        return None
+    ref = Path(HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "refs" / "main"
+    return ref.read_text().strip() if ref.is_file() else None

@@ -33,6 +33,7 @@ class WanCLIPVisionLoader(_SourceNode):
 @register_node
 class WanCLIPVisionEncode(Node):
     CATEGORY = "conditioning/wan"
+    DISK_CACHE = True       # image tokens: small, and they spare loading CLIP on a rerun
     DESCRIPTION = ("CLIP image tokens (the penultimate layer's hidden states, all tokens) of each frame, after the "
                    "model's own preprocessing (shortest-edge resize, center crop, normalise), as diffusers does.")
     INPUTS = [Input("clip_vision", "CLIP_VISION"), Input("image", "IMAGE")]

@@ -25,6 +25,7 @@ def _check_inputs(model, latent_channels: int, positive) -> None:
 @register_node
 class WanDenoise(Node):
     CATEGORY = "sampling/wan"
+    DISK_CACHE = True       # the denoised latent: small, and the costliest output to recompute
     DESCRIPTION = ("Denoises a latent with a Wan model. Steps [start_step, end_step) of a `steps`-step schedule; "
                    "a stage that stops early hands its full sampler state to the next stage, so split runs equal "
                    "one run. Two-expert models (Wan2.2 A14B) switch experts at their boundary timestep.")
@@ -51,6 +52,9 @@ class WanDenoise(Node):
               tooltip="When stopping before the last step: hand on the noisy latent and sampler state (on), "
                       "or return the model's clean estimate (off)."),
         Input("noise", "NOISE", optional=True, tooltip="Explicit initial noise; overrides the seed."),
+        Input("step_cache", "STEP_CACHE", optional=True,
+              tooltip="From WanStepCache: skip transformer work on steps whose output barely changes. The output "
+                      "LATENT's `step_cache_stats` counts the skipped transformer evaluations."),
     ]
     OUTPUTS = [Output("latent", "LATENT")]
 
@@ -62,9 +66,10 @@ class WanDenoise(Node):
 
     def execute(self, ctx, model, positive, latent, seed, steps, guidance, scheduler, shift, negative=None,
                 guidance_2=0.0, start_step=0, end_step=10000, add_noise=True, return_with_leftover_noise=True,
-                noise=None):
+                noise=None, step_cache=None):
         from .wan.pipelines.latent_space import normalized_samples
         from .wan.pipelines.sampling import denoise
+        from .wan.pipelines.step_cache import StepCacheSession
         samples = normalized_samples(latent)
         _check_inputs(model, samples.shape[1], positive)
         if guidance > 1.0 and negative is None:
@@ -72,6 +77,7 @@ class WanDenoise(Node):
                              "diffusers' default)")
         state = latent.get("sampler_state")
         resume = state is not None and not add_noise
+        session = StepCacheSession(step_cache) if step_cache is not None and step_cache.active else None
         x, new_state = denoise(
             model, positive, negative, steps=steps, guidance=guidance, guidance_2=guidance_2 or None,
             scheduler=scheduler, shift=shift or None,
@@ -79,8 +85,11 @@ class WanDenoise(Node):
             noise=noise_for(noise, seed, tuple(samples.shape)) if add_noise and not resume else None,
             start_step=start_step, end_step=end_step, add_noise=add_noise and not resume,
             state=state if resume else None, leftover_noise=return_with_leftover_noise,
-            callback=ctx.progress)
+            callback=ctx.progress, step_cache=session)
         out = {"samples": x, "normalized": True}
+        if session is not None:   # in the run report, and with the latent for scripts that only keep outputs
+            out["step_cache_stats"] = session.stats()
+            ctx.metrics(step_cache=out["step_cache_stats"])
         if new_state is not None:
             out["sampler_state"] = new_state
         return (out,)

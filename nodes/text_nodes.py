@@ -12,6 +12,7 @@ MAX_LENGTH_TIP = ("Text tokens the prompt is padded or truncated to (diffusers' 
 @register_node
 class WanTextEncode(Node):
     CATEGORY = "conditioning/wan"
+    DISK_CACHE = True       # a prompt encoding: small, and it spares loading the text encoder on a rerun
     DESCRIPTION = ("Encodes a prompt with UMT5 as the Wan pipelines do (cleaned text, max_length tokens: 512 as "
                    "in every Wan pipeline, rows past the prompt zeroed). An empty prompt gives diffusers' default "
                    "negative.")

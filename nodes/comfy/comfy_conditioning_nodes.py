@@ -27,6 +27,7 @@ def raw_latent(samples) -> dict:
 
 @register_node
 class CLIPTextEncode(Node):
+    DISK_CACHE = True       # small and costly to recompute: kept across restarts (graphrt.disk_cache)
     CATEGORY = "conditioning"
     DESCRIPTION = ("Encodes a text prompt using a CLIP model into an embedding that can be used to guide the "
                    "diffusion model towards generating specific images.")
@@ -43,6 +44,7 @@ class CLIPTextEncode(Node):
 
 @register_node
 class CLIPVisionEncode(Node):
+    DISK_CACHE = True       # small and costly to recompute: kept across restarts (graphrt.disk_cache)
     CATEGORY = "conditioning"
     DESCRIPTION = ("CLIP vision tokens of the image(s): the penultimate layer's hidden states after ComfyUI's "
                    "preprocessing (antialiased bicubic resize; crop 'center' keeps the aspect, 'none' squashes).")

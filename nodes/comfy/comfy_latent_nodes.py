@@ -86,6 +86,7 @@ class TrimVideoLatent(Node):
 
 @register_node
 class VAEEncode(Node):
+    DISK_CACHE = True       # small and costly to recompute: kept across restarts (graphrt.disk_cache)
     CATEGORY = "latent"
     DESCRIPTION = "Encodes frames [N, H, W, 3] (one video; 4k+1 frames are used) to a raw latent (the posterior mean)."
     INPUTS = [Input("pixels", "IMAGE"), Input("vae", "VAE")]

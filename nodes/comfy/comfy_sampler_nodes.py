@@ -58,6 +58,7 @@ _SCHEDULER_TIP = "The scheduler controls how noise is gradually removed to form 
 
 @register_node
 class KSampler(Node):
+    DISK_CACHE = True       # small and costly to recompute: kept across restarts (graphrt.disk_cache)
     CATEGORY = "sampling"
     DESCRIPTION = "Uses the provided model, positive and negative conditioning to denoise the latent image."
     INPUTS = [
@@ -89,6 +90,7 @@ class KSampler(Node):
 
 @register_node
 class KSamplerAdvanced(Node):
+    DISK_CACHE = True       # small and costly to recompute: kept across restarts (graphrt.disk_cache)
     CATEGORY = "sampling"
     DESCRIPTION = ("Steps [start_at_step, end_at_step) of a `steps`-step schedule. Two of them chain the Wan2.2 "
                    "experts: high-noise 0→K with leftover noise, then low-noise K→end without adding noise.")
@@ -119,6 +121,7 @@ class KSamplerAdvanced(Node):
 
 @register_node
 class SamplerCustom(Node):
+    DISK_CACHE = True       # small and costly to recompute: kept across restarts (graphrt.disk_cache)
     CATEGORY = "sampling/custom_sampling"
     DESCRIPTION = "Samples with a SAMPLER through explicit SIGMAS; also returns the last step's clean estimate."
     INPUTS = [

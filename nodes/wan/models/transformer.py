@@ -288,12 +288,26 @@ class WanTransformer3DModel(nn.Cell):
         x = x.reshape(b, f // pt, h // ph, w // pw, pt, ph, pw, self.out_channels).permute(0, 7, 1, 4, 2, 5, 3, 6)
         return x.reshape(b, self.out_channels, f, h, w)
 
-    def construct(self, hidden_states, timestep, encoder_hidden_states, encoder_hidden_states_image=None):
+    def construct(self, hidden_states, timestep, encoder_hidden_states, encoder_hidden_states_image=None,
+                  blocks_hook=None):
+        """`blocks_hook(tokens, run, n_blocks) -> tokens` replaces the pass through all blocks, for step
+        caching (`pipelines.step_cache`): `run(x, start, stop)` runs blocks [start, stop) (stop None = to
+        the end) on tokens x, with the same weights (a LoRA view's patch included) as a plain call."""
         x, context, temb, proj, rope = self._embed(hidden_states, timestep, encoder_hidden_states,
                                                    encoder_hidden_states_image)
+        if blocks_hook is not None:
+            x = blocks_hook(x, lambda h, start, stop: self._run_blocks(h, start, stop, context, proj, rope),
+                            len(self.blocks))
+            return self._head(x, temb, hidden_states.shape)
         for block in self.blocks:
             x = self._call_block(block, x, context, proj, rope)
         return self._head(x, temb, hidden_states.shape)
+
+    def _run_blocks(self, x, start, stop, context, proj, rope):
+        # by index: slicing a CellList builds a new container around the blocks
+        for k in range(start, len(self.blocks) if stop is None else stop):
+            x = self._call_block(self.blocks[k], x, context, proj, rope)
+        return x
 
 
 class _PatchEmbed(nn.Cell):

@@ -18,6 +18,7 @@ from .conditioning import CONCAT_LATENTS, FIRST_FRAME_MASK
 from ..models.denoiser import WanDenoiser
 from .image_to_video import recompose_first_frame, token_timestep_mask
 from .schedulers import FlowMatchEulerScheduler, UniPCFlowScheduler
+from .step_cache import COND, UNCOND
 from .vace_conditioning import VACE_CONTROL, VACE_STRENGTH
 
 SCHEDULERS = {"unipc": UniPCFlowScheduler, "euler": FlowMatchEulerScheduler}
@@ -32,9 +33,10 @@ class SamplerState:
     shift: float
     step_index: int
     scheduler_state: dict
+    step_cache: object = None    # step_cache.CacheState when the run used step caching
 
     def cache_nbytes(self) -> int:
-        return int(self.latents.nbytes) * 3
+        return int(self.latents.nbytes) * 3 + (self.step_cache.nbytes() if self.step_cache is not None else 0)
 
 
 def make_scheduler(name: str, steps: int, shift: float, config: dict | None = None):
@@ -90,12 +92,21 @@ def _control_kwargs(model, cond, batch: int) -> dict:
     return {"control_hidden_states": control.astype(model.dtype), "control_hidden_states_scale": scale}
 
 
-def _guided(model, x, t, cond, uncond, guidance: float, cfg: bool, denoiser: WanDenoiser):
+def _caller(model, step_cache):
+    """call(tracks, *args, **kwargs) -> model(*args, **kwargs); with a step cache session, the model's
+    blocks run through its hook for the CFG passes (`tracks`) in the batch."""
+    if step_cache is None:
+        return lambda tracks, *args, **kwargs: model(*args, **kwargs)
+    return lambda tracks, *args, **kwargs: model(*args, blocks_hook=step_cache.blocks_hook(tracks), **kwargs)
+
+
+def _guided(model, x, t, cond, uncond, guidance: float, cfg: bool, denoiser: WanDenoiser, step_cache=None):
     ts = _timestep_input(denoiser, t, x.shape, cond)
     xin = _model_input(x, cond, denoiser)
+    call = _caller(model, step_cache)
     if not cfg:
-        return model(xin, ts, cond.embeds, encoder_hidden_states_image=cond.image_embeds,
-                     **_control_kwargs(model, cond, x.shape[0]))
+        return call((COND,), xin, ts, cond.embeds, encoder_hidden_states_image=cond.image_embeds,
+                    **_control_kwargs(model, cond, x.shape[0]))
     if uncond is None:
         raise ValueError("guidance > 1 needs a negative conditioning")
     xin_u = xin if not uncond.extras else _model_input(x, uncond, denoiser)
@@ -103,14 +114,14 @@ def _guided(model, x, t, cond, uncond, guidance: float, cfg: bool, denoiser: Wan
             and _same_shape(cond.image_embeds, uncond.image_embeds)):
         b = x.shape[0]
         img = None if cond.image_embeds is None else mint.cat([cond.image_embeds, uncond.image_embeds])
-        both = model(mint.cat([xin, xin_u]), mint.cat([ts, ts]), mint.cat([cond.embeds, uncond.embeds]),
-                     encoder_hidden_states_image=img, **_control_kwargs(model, cond, 2 * b))
+        both = call((COND, UNCOND), mint.cat([xin, xin_u]), mint.cat([ts, ts]), mint.cat([cond.embeds, uncond.embeds]),
+                    encoder_hidden_states_image=img, **_control_kwargs(model, cond, 2 * b))
         pred, pred_u = both[:b], both[b:]
     else:
-        pred = model(xin, ts, cond.embeds, encoder_hidden_states_image=cond.image_embeds,
-                     **_control_kwargs(model, cond, x.shape[0]))
-        pred_u = model(xin_u, ts, uncond.embeds, encoder_hidden_states_image=uncond.image_embeds,
-                       **_control_kwargs(model, uncond if VACE_CONTROL in uncond.extras else cond, x.shape[0]))
+        pred = call((COND,), xin, ts, cond.embeds, encoder_hidden_states_image=cond.image_embeds,
+                    **_control_kwargs(model, cond, x.shape[0]))
+        pred_u = call((UNCOND,), xin_u, ts, uncond.embeds, encoder_hidden_states_image=uncond.image_embeds,
+                      **_control_kwargs(model, uncond if VACE_CONTROL in uncond.extras else cond, x.shape[0]))
     return pred_u + guidance * (pred - pred_u)
 
 
@@ -136,7 +147,7 @@ def denoise(denoiser: WanDenoiser, positive, negative, *, steps: int, guidance: 
             latents: ms.Tensor | None = None, noise: np.ndarray | ms.Tensor | None = None,
             start_step: int = 0, end_step: int | None = None, add_noise: bool = True,
             state: SamplerState | None = None, leftover_noise: bool = True,
-            callback: Callable[[int, int], None] | None = None):
+            callback: Callable[[int, int], None] | None = None, step_cache=None):
     """Run steps [start_step, end_step) and return (latents, state_or_None).
 
     - `latents`: clean normalised latents to start from (None = nothing, pure noise).
@@ -145,6 +156,8 @@ def denoise(denoiser: WanDenoiser, positive, negative, *, steps: int, guidance: 
     Returns the state when the run stops before the last step, else None.
     With `leftover_noise=False` a run that stops early returns instead the clean
     estimate x0 = x - sigma * v at its last timestep (one more model call) and no state.
+    - `step_cache`: a `step_cache.StepCacheSession` (skips transformer work; its state is carried in
+      the returned state, so chained stages skip as one run does).
     """
     shift = denoiser.default_shift if shift is None else float(shift)
     end_step = steps if end_step is None else min(int(end_step), steps)
@@ -180,10 +193,15 @@ def denoise(denoiser: WanDenoiser, positive, negative, *, steps: int, guidance: 
     for cond in (positive, negative) if cfg else (positive,):
         if cond is not None:
             check_conditioning(denoiser, x.shape[1], cond)
+    if step_cache is not None:
+        step_cache.begin(denoiser, steps, [denoiser.expert_for(t)[1] for t in sched.timesteps], cfg, positive,
+                         state.step_cache if state is not None else None)
     for i in range(start_step, end_step):
         t = sched.timesteps[i]
         model, expert = denoiser.expert_for(t)
-        pred = _guided(model, x, t, positive, negative, g2 if expert else guidance, cfg, denoiser)
+        if step_cache is not None:
+            step_cache.begin_step(i)
+        pred = _guided(model, x, t, positive, negative, g2 if expert else guidance, cfg, denoiser, step_cache)
         x = sched.step(pred, x)
         if callback is not None:
             callback(i + 1 - start_step, end_step - start_step)
@@ -195,6 +213,7 @@ def denoise(denoiser: WanDenoiser, positive, negative, *, steps: int, guidance: 
             x0 = x - float(sched.sigmas[end_step]) * pred.astype(ms.float32)
             return recompose_first_frame(x0, positive), None
         # the state keeps the raw latents: the next stage recomposes its model input itself
-        return recompose_first_frame(x, positive), SamplerState(x, scheduler, steps, shift, end_step,
-                                                                sched.state_dict())
+        return recompose_first_frame(x, positive), SamplerState(
+            x, scheduler, steps, shift, end_step, sched.state_dict(),
+            step_cache.snapshot() if step_cache is not None else None)
     return recompose_first_frame(x, positive), None
