@@ -22,6 +22,19 @@ def _check_inputs(model, latent_channels: int, positive) -> None:
                          "WanCLIPVisionEncode output to WanImageConditioning's `clip_vision_output` input")
 
 
+def _previewer(ctx):
+    """The step's latents as a picture for whoever watches (the server's web page), else nothing."""
+    if not ctx.wants_preview:
+        return None
+
+    def show(x):
+        from .wan.pipelines.latent_preview import latent_preview
+        picture = latent_preview(x)
+        if picture is not None:
+            ctx.preview(picture)
+    return show
+
+
 @register_node
 class WanDenoise(Node):
     CATEGORY = "sampling/wan"
@@ -85,7 +98,7 @@ class WanDenoise(Node):
             noise=noise_for(noise, seed, tuple(samples.shape)) if add_noise and not resume else None,
             start_step=start_step, end_step=end_step, add_noise=add_noise and not resume,
             state=state if resume else None, leftover_noise=return_with_leftover_noise,
-            callback=ctx.progress, step_cache=session)
+            callback=ctx.progress, step_cache=session, on_latents=_previewer(ctx))
         out = {"samples": x, "normalized": True}
         if session is not None:   # in the run report, and with the latent for scripts that only keep outputs
             out["step_cache_stats"] = session.stats()

@@ -66,3 +66,26 @@ def test_a_raw_latent_gives_the_same_denoise_and_decode(tmp_path, given_latent):
     assert np.abs(results["normalized"][0]).max() > 0
     np.testing.assert_allclose(results["raw"][0], results["normalized"][0], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(results["raw"][1], results["normalized"][1], rtol=1e-5, atol=1e-5)
+
+
+def test_a_watched_wan_denoise_sends_a_latent_preview_per_step(tmp_path):
+    g = GraphBuilder()
+    load = g.node("WanPipelineLoader", source="tiny")
+    pos = g.node("WanTextEncode", text_encoder=load[1], text="a fox")
+    lat = g.node("WanEmptyLatentVideo", width=64, height=48, num_frames=5)
+    den = g.node("WanDenoise", model=load[0], positive=pos[0], latent=lat[0], seed=3, steps=3,
+                 guidance=1.0, scheduler="unipc", shift=3.0)
+    ex = Executor(cache="none", output_dir=str(tmp_path))
+    pictures = []
+    stop = ex.subscribe(lambda e: pictures.append(e.data["image"]) if e.type == "preview" else None, previews=True)
+    try:
+        ex.run(g.to_workflow(), targets=[den.id])
+    finally:
+        stop()
+    assert len(pictures) == 3 and all(p.shape == (6, 8, 3) for p in pictures)
+    assert not np.array_equal(pictures[0], pictures[-1])          # the picture follows the denoising
+    unwatched = Executor(cache="none", output_dir=str(tmp_path))
+    seen = []
+    unwatched.subscribe(lambda e: seen.append(e.type))             # no previews asked for: none built
+    unwatched.run(g.to_workflow(), targets=[den.id])
+    assert "preview" not in seen

@@ -147,7 +147,8 @@ def denoise(denoiser: WanDenoiser, positive, negative, *, steps: int, guidance: 
             latents: ms.Tensor | None = None, noise: np.ndarray | ms.Tensor | None = None,
             start_step: int = 0, end_step: int | None = None, add_noise: bool = True,
             state: SamplerState | None = None, leftover_noise: bool = True,
-            callback: Callable[[int, int], None] | None = None, step_cache=None):
+            callback: Callable[[int, int], None] | None = None, step_cache=None,
+            on_latents: Callable[[ms.Tensor], None] | None = None):
     """Run steps [start_step, end_step) and return (latents, state_or_None).
 
     - `latents`: clean normalised latents to start from (None = nothing, pure noise).
@@ -203,6 +204,8 @@ def denoise(denoiser: WanDenoiser, positive, negative, *, steps: int, guidance: 
             step_cache.begin_step(i)
         pred = _guided(model, x, t, positive, negative, g2 if expert else guidance, cfg, denoiser, step_cache)
         x = sched.step(pred, x)
+        if on_latents is not None:      # e.g. a live preview: the latents after this step
+            on_latents(x)
         if callback is not None:
             callback(i + 1 - start_step, end_step - start_step)
     if end_step < steps:
