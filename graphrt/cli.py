@@ -91,11 +91,35 @@ class _Progress:
                 print(f"[{ev.node_id}] {ev.class_type} done ({how})", file=self.stream, flush=True)
 
 
+MEMORY_BUDGET_ENV = "GRAPHRT_MEMORY_BUDGET"
+
+
+def memory_options(a) -> str:
+    """Apply --memory-budget and return the output cache policy.
+
+    Precedence: an explicit --cache wins; else --memory-budget SIZE makes it `budget:SIZE`; else
+    `last-run`. --memory-budget also sets $GRAPHRT_MEMORY_BUDGET (bytes), the budget node packs
+    load models under (the Wan pack streams a transformer that does not fit it and releases the
+    text encoder, CLIP and the other Wan2.2 expert when a model needs the room); without it
+    they use that variable if set, else the RAM available minus a margin."""
+    from .cache import OutputCache
+    budget = getattr(a, "memory_budget", None)
+    if budget:
+        try:
+            _, limit = OutputCache.parse(f"budget:{budget}")
+        except ValueError:
+            raise SystemExit(f"--memory-budget: not a size: {budget!r} (use e.g. 20GB or 512MiB)") from None
+        os.environ[MEMORY_BUDGET_ENV] = str(limit)
+    if a.cache is not None:
+        return a.cache
+    return f"budget:{budget}" if budget else "last-run"
+
+
 def cmd_run(a) -> int:
     from .executor import Executor
     wf = Workflow.load(a.workflow)
     export_folders(a)
-    ex = Executor(cache=a.cache, output_dir=a.output_dir, **disk_cache_options(a))
+    ex = Executor(cache=memory_options(a), output_dir=a.output_dir, **disk_cache_options(a))
     ex.subscribe(_Progress())
     previous = signal.getsignal(signal.SIGINT)
 
@@ -178,9 +202,9 @@ def cmd_serve(a) -> int:
     export_folders(a)
     return serve(ServerConfig(listen=a.listen, port=a.port, models_dir=a.models_dir, output_dir=a.output_dir,
                               input_dir=a.input_dir, temp_dir=a.temp_dir, user_dir=a.user_dir,
-                              queue_db=a.queue_db, cache=a.cache, max_upload_mb=a.max_upload_size,
+                              queue_db=a.queue_db, cache=memory_options(a), max_upload_mb=a.max_upload_size,
                               front_end_root=a.front_end_root, cache_dir=disk["cache_dir"],
-                              cache_dir_bytes=disk["cache_dir_bytes"]))
+                              cache_dir_bytes=disk["cache_dir_bytes"], memory_budget=a.memory_budget))
 
 
 def export_folders(a) -> None:
@@ -224,6 +248,17 @@ def _disk_cache_arguments(p):
     p.add_argument("--cache-dir-size", default="20GB", help="the disk tier's size (oldest-used entries go first)")
 
 
+def _memory_arguments(p):
+    p.add_argument("--cache", default=None, help="last-run (default) | lru:N | budget:8GB | none; wins over the "
+                                                 "policy --memory-budget implies")
+    p.add_argument("--memory-budget", default=None, metavar="SIZE",
+                   help="host memory for this process, e.g. 20GB: models are loaded under it (a transformer "
+                        "that does not fit is streamed block by block with offload=auto; the text encoder, CLIP "
+                        "and the other Wan2.2 expert are released when a model needs the room) and, unless "
+                        "--cache is given, the output cache is budget:SIZE. Default: the RAM available minus "
+                        "a margin ($GRAPHRT_MEMORY_BUDGET if set) for models, last-run for the cache")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="graphrt", description="Run node-graph workflows (ComfyUI API format).")
     p.add_argument("--nodes", action="append", default=[], metavar="MODULE",
@@ -234,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="set a template parameter")
     r.add_argument("--report", help="write the per-node run report (JSON) here")
     r.add_argument("--output-dir", default="output")
-    r.add_argument("--cache", default="last-run", help="last-run | lru:N | budget:8GB | none")
+    _memory_arguments(r)
     r.add_argument("--target", action="append", default=[], help="run only what this node needs (repeatable)")
     _disk_cache_arguments(r)
     _folder_arguments(r, defaults=False)
@@ -258,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--temp-dir", default="temp")
     sv.add_argument("--user-dir", default="user", help="settings, saved workflows and the queue database")
     sv.add_argument("--queue-db", default=None, help="the queue's sqlite file (default USER_DIR/queue.sqlite3)")
-    sv.add_argument("--cache", default="last-run", help="last-run | lru:N | budget:8GB | none")
+    _memory_arguments(sv)
     sv.add_argument("--max-upload-size", type=float, default=100.0, metavar="MB")
     _disk_cache_arguments(sv)
     sv.add_argument("--front-end-root", default=None, help="serve this web page folder instead of the package's")

@@ -14,6 +14,13 @@ COMPILE_TIP = ("Run the transformer blocks under ms.jit (graph mode): one graph 
                "blocks, compiled on first use (a few seconds). 'auto' compiles real checkpoints (hidden size "
                ">= 1024) and leaves toy models eager. Falls back to eager if compilation fails.")
 COMPILE_MODES = ["auto", "on", "off"]
+OFFLOAD_TIP = ("Memory: 'none' keeps every transformer weight in memory (widened to the compute dtype); 'blocks' "
+               "keeps the embeddings and head and reads each block from the memory-mapped file as it runs, the "
+               "next one read and widened while the current one computes (a 14B model in a few GB); 'model' "
+               "widens the whole model on first use and releases it when another model needs the room; 'auto' "
+               "streams a model that does not fit the memory budget (--memory-budget) and, for Wan2.2's two "
+               "experts that fit only one at a time, widens one at a time.")
+OFFLOAD_MODES = ["none", "auto", "blocks", "model"]
 
 
 def config_tip(what: str, needs: str) -> str:
@@ -41,13 +48,16 @@ class WanPipelineLoader(_SourceNode):
         Input("text_encoder_dtype", DTYPES, default="float32"),
         Input("vae_dtype", DTYPES, default="float32", tooltip="The VAE is best run in float32."),
         Input("compile", COMPILE_MODES, default="auto", optional=True, tooltip=COMPILE_TIP),
+        Input("offload", OFFLOAD_MODES, default="none", optional=True, tooltip=OFFLOAD_TIP),
     ]
     OUTPUTS = [Output("model", "MODEL"), Output("text_encoder", "TEXT_ENCODER"), Output("vae", "VAE")]
 
-    def execute(self, ctx, source, dtype="float32", text_encoder_dtype="float32", vae_dtype="float32", compile="auto"):
+    def execute(self, ctx, source, dtype="float32", text_encoder_dtype="float32", vae_dtype="float32", compile="auto",
+                offload="none"):
         from .wan import as_source, load_denoiser, load_text, load_vae
         src = as_source(source)
-        return (load_denoiser(src, dtype, compile), load_text(src, text_encoder_dtype), load_vae(src, "vae", vae_dtype))
+        return (load_denoiser(src, dtype, compile, offload=offload), load_text(src, text_encoder_dtype),
+                load_vae(src, "vae", vae_dtype))
 
 
 @register_node
@@ -69,7 +79,8 @@ class WanModelLoader(_SourceNode):
               Input("config", "STRING", default="", optional=True,
                     tooltip=config_tip("transformer", "No tensor records the head count: a file of a released "
                                        "size (hidden size 1536, 3072 or 5120: 128-wide heads) needs none, any "
-                                       "other needs this."))]
+                                       "other needs this.")),
+              Input("offload", OFFLOAD_MODES, default="none", optional=True, tooltip=OFFLOAD_TIP)]
     OUTPUTS = [Output("model", "MODEL")]
 
     @classmethod
@@ -78,10 +89,10 @@ class WanModelLoader(_SourceNode):
                 + _config_stamp(config))
 
     def execute(self, ctx, source, dtype="float32", compile="auto", low_noise_source="", boundary_ratio=0.0,
-                config=""):
+                config="", offload="none"):
         from .wan import load_denoiser
         return (load_denoiser(source, dtype, compile, low_noise_source=low_noise_source or None,
-                              boundary_ratio=boundary_ratio or None, config=config or None),)
+                              boundary_ratio=boundary_ratio or None, config=config or None, offload=offload),)
 
 
 @register_node

@@ -49,6 +49,7 @@ class ServerConfig:
     front_end_root: str | None = None
     cache_dir: str | None = None         # the output cache's disk tier (None: memory only)
     cache_dir_bytes: int | None = None
+    memory_budget: str | None = None     # host memory models load under ($GRAPHRT_MEMORY_BUDGET); None: default
 
 
 class BadRequest(Exception):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from pathlib import Path
 
@@ -17,6 +18,9 @@ log = logging.getLogger("graphrt.server")
 
 def serve(cfg: ServerConfig, on_listening=None) -> int:
     from ..executor import Executor
+    if cfg.memory_budget:   # the budget node packs load models under (see cli.memory_options)
+        from ..cache import OutputCache
+        os.environ["GRAPHRT_MEMORY_BUDGET"] = str(OutputCache.parse(f"budget:{cfg.memory_budget}")[1])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s graphrt: %(message)s")
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     Path(cfg.user_dir).mkdir(parents=True, exist_ok=True)

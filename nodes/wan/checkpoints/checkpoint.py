@@ -48,6 +48,17 @@ class Checkpoint:
     def file_of(self, key) -> Path:
         return self._where[key].path
 
+    def read_into(self, key, out: np.ndarray) -> bool:
+        """`get(key)` widened into `out` without allocating, where the file format can (safetensors)."""
+        f = self._where[key]
+        return bool(getattr(f, "read_into", None)) and f.read_into(key, out)
+
+    def will_need(self, key) -> None:
+        """Start reading `key` from disk ahead of `get` (safetensors; a no-op for other formats)."""
+        f = self._where[key]
+        if hasattr(f, "will_need"):
+            f.will_need(key)
+
 
 def open_checkpoint(folder_or_file: Path, weights_name: str) -> Checkpoint:
     """The component's weights: an index with shards, one file, or the given file."""
@@ -79,19 +90,34 @@ def _keeps_fp32(name: str, keep_fp32: Iterable[str]) -> bool:
     return any(k in parts or k in name for k in keep_fp32)
 
 
-def load_into(cell: ms.nn.Cell, ckpt: Checkpoint | Mapping[str, np.ndarray], dtype="float32",
-              keep_fp32: Iterable[str] = (), ignore_unexpected: Iterable[str] = (),
-              key_map=None, source: str = "checkpoint") -> None:
-    """Copy checkpoint tensors into `cell`'s parameters, checking names and shapes.
+def param_dtype(name: str, dtype, keep_fp32: Iterable[str] = ()):
+    """The dtype parameter `name` is held in: float32 for `keep_fp32` modules, else `dtype`."""
+    return ms.float32 if _keeps_fp32(name, tuple(keep_fp32)) else to_ms_dtype(dtype)
 
-    Every parameter must be present with the right shape; the first mismatch
-    is reported with its key and both shapes. `keep_fp32` names modules kept in
-    float32 whatever `dtype` is (diffusers' `_keep_in_fp32_modules`).
-    """
-    dtype = to_ms_dtype(dtype)
-    keep_fp32 = tuple(keep_fp32)
+
+def widen(arr: np.ndarray, target) -> np.ndarray:
+    """A checkpoint tensor as the host array a parameter of dtype `target` holds: float32 or
+    float16 in numpy (exact widening; bf16 / fp8 arrive as float32 already). Other targets
+    (bfloat16) get the float32 array, cast by `as_tensor`."""
+    return np.ascontiguousarray(arr, dtype=np.float16 if target == ms.float16 else np.float32)
+
+
+def as_tensor(arr: np.ndarray, target, share: bool = False) -> ms.Tensor:
+    """The parameter value of dtype `target` for checkpoint tensor `arr` (`share`: wrap the
+    widened array without copying it, for an array nothing else holds)."""
+    a = widen(arr, target)
+    t = ms.from_numpy(a) if share and a.flags.writeable else ms.Tensor(a)
+    if target not in (ms.float32, ms.float16):
+        t = t.astype(target)
+    return t
+
+
+def check_fit(cell: ms.nn.Cell, ckpt: Checkpoint | Mapping[str, np.ndarray], key_map=None,
+              ignore_unexpected: Iterable[str] = (), source: str = "checkpoint") -> dict:
+    """{parameter name: checkpoint key} for every parameter of `cell`, after checking that each is
+    present with the right shape and that the checkpoint has no unexpected key (reading no data).
+    The first mismatch is reported with its key and both shapes."""
     lazy = callable(getattr(ckpt, "shape", None))   # a Checkpoint or a view of one, not a dict
-    get = ckpt.get if lazy else ckpt.__getitem__
     available = set(ckpt.keys())
     params = dict(cell.parameters_and_names())
     src_of = {name: (key_map(name) if key_map else name) for name in params}
@@ -111,14 +137,29 @@ def load_into(cell: ms.nn.Cell, ckpt: Checkpoint | Mapping[str, np.ndarray], dty
             raise CheckpointError(
                 f"{source} does not fit the model config: '{key}' has shape {shape} in the checkpoint, "
                 f"the model expects {tuple(param.shape)}")
-    for name, param in params.items():
-        target = ms.float32 if _keeps_fp32(name, keep_fp32) else dtype
+    return src_of
+
+
+def load_into(cell: ms.nn.Cell, ckpt: Checkpoint | Mapping[str, np.ndarray], dtype="float32",
+              keep_fp32: Iterable[str] = (), ignore_unexpected: Iterable[str] = (),
+              key_map=None, source: str = "checkpoint", skip=None) -> dict:
+    """Copy checkpoint tensors into `cell`'s parameters, checking names and shapes.
+
+    Every parameter must be present with the right shape; the first mismatch
+    is reported with its key and both shapes. `keep_fp32` names modules kept in
+    float32 whatever `dtype` is (diffusers' `_keep_in_fp32_modules`). Parameters for which
+    `skip(name)` is true are checked but not loaded (a streamed model's blocks). Returns
+    {parameter name: checkpoint key}.
+    """
+    dtype = to_ms_dtype(dtype)
+    keep_fp32 = tuple(keep_fp32)
+    src_of = check_fit(cell, ckpt, key_map, ignore_unexpected, source)
+    get = ckpt.get if callable(getattr(ckpt, "shape", None)) else ckpt.__getitem__
+    for name, param in cell.parameters_and_names():
+        if skip is not None and skip(name):
+            continue
         arr = np.asarray(get(src_of[name]))
-        if target == ms.float32:
-            t = ms.Tensor(np.ascontiguousarray(arr, dtype=np.float32))
-        elif target == ms.float16:
-            t = ms.Tensor(np.ascontiguousarray(arr, dtype=np.float16))
-        else:
-            t = ms.Tensor(np.ascontiguousarray(arr, dtype=np.float32)).astype(target)
+        t = as_tensor(arr, param_dtype(name, dtype, keep_fp32))
         param.set_data(t)
         del arr, t
+    return src_of

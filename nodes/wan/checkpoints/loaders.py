@@ -13,9 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
+from ..backend import memory
 from ..backend.runtime import check_compute_dtype
 from . import original_format as original
-from .checkpoint import load_into, open_checkpoint
+from .checkpoint import check_fit, load_into, open_checkpoint
 from .safetensors_io import CheckpointError
 from .source import Source, as_source, config_from, read_config
 
@@ -119,30 +122,95 @@ def open_component(source, role: str, subfolder: str | None = None, config=None)
     return Component(src, path, DIFFUSERS, open_checkpoint(path, _weights_name(role)), config or read_config(path))
 
 
-def build(cls, component: Component, dtype="float32"):
-    """An instance of `cls` for `component.config`, its weights copied from the component."""
-    dtype = check_compute_dtype(dtype)
-    model = cls.from_config(component.config, dtype=dtype)
-    key_map = component.key_map
-    if key_map is None and hasattr(cls, "key_map_for"):
-        key_map = cls.key_map_for(component.checkpoint.keys())
-    load_into(model, component.checkpoint, dtype=dtype, keep_fp32=getattr(cls, "KEEP_FP32", ()),
-              ignore_unexpected=getattr(cls, "IGNORE_UNEXPECTED", ()), key_map=key_map, source=str(component.path))
-    model.set_train(False)
+def component_nbytes(component: Component, dtype="float32") -> int:
+    """Bytes the component's weights take once widened to `dtype` (read off the tensor shapes)."""
+    ckpt = component.checkpoint
+    import mindspore as ms
+    item = 2 if check_compute_dtype(dtype) in (ms.float16, ms.bfloat16) else 4
+    return sum(int(np.prod(ckpt.shape(k), dtype=np.int64)) for k in ckpt.keys()) * item
+
+
+# `offload="auto"` streams a model whose weights take more than this share of the room left under
+# the memory budget: the rest is for activations (a 1.3B forward at 480p x 81 frames: ~3 GB).
+AUTO_FRACTION = 0.8
+
+
+def auto_offload(nbytes: int, second: int = 0) -> str:
+    """"blocks" when a model of `nbytes` does not fit the room left under the memory budget;
+    "model" (widened on first use, released when the other needs the room) when it does but not
+    together with a second model (Wan2.2's other expert) of `second` bytes; else "none"."""
+    room = AUTO_FRACTION * memory.room()
+    if max(nbytes, second) > room:
+        return "blocks"
+    return "model" if nbytes + second > room else "none"
+
+
+def _key_map(cls, component: Component):
+    if component.key_map is None and hasattr(cls, "key_map_for"):
+        return cls.key_map_for(component.checkpoint.keys())
+    return component.key_map
+
+
+def check(cls, component: Component, dtype="float32"):
+    """An instance of `cls` for `component.config` with unallocated parameters, after checking that
+    the checkpoint fits it (names and shapes; no data is read)."""
+    model = cls.from_config(component.config, dtype=check_compute_dtype(dtype))
+    check_fit(model, component.checkpoint, _key_map(cls, component), getattr(cls, "IGNORE_UNEXPECTED", ()),
+              str(component.path))
     return model
 
 
-def load_transformer(source, subfolder: str | None = "transformer", dtype="float32", config=None):
-    """A `WanTransformer3DModel` (T2V, I2V, FLF2V, TI2V), or a `WanVACETransformer3DModel` when the
-    config has `vace_layers`, from its diffusers folder, or from one file with the original Wan /
-    ComfyUI key names (config read off the tensors, `config` overriding it; a file of other than a
-    released size, hidden size 1536, 3072 or 5120, needs `config` for its head count)."""
+def build(cls, component: Component, dtype="float32", offload="none"):
+    """An instance of `cls` for `component.config`, its weights copied from the component.
+
+    `offload` (transformers): "none" loads every weight; "blocks" loads the embeddings and head
+    and streams the blocks from the file as they run (`checkpoints.streaming`); "model" streams
+    them once and keeps them until another model needs the room; "auto" picks "blocks" when
+    the model does not fit the memory budget (`backend.memory`), else "none"."""
+    from .streaming import attach_block_stream, check_offload
+    from ..models.residency import reserve
+    dtype = check_compute_dtype(dtype)
+    offload = check_offload(offload)
+    model = cls.from_config(component.config, dtype=dtype)
+    if not hasattr(model, "stream_blocks"):
+        offload = "none"
+    elif offload == "auto":
+        offload = auto_offload(component_nbytes(component, dtype))
+        offload = "none" if offload == "model" else offload
+    kw = dict(dtype=dtype, keep_fp32=getattr(cls, "KEEP_FP32", ()), ignore_unexpected=getattr(cls, "IGNORE_UNEXPECTED", ()),
+              key_map=_key_map(cls, component), source=str(component.path))
+    if offload in ("blocks", "model"):
+        attach_block_stream(model, component.checkpoint, keep=offload == "model", **kw)
+    else:
+        reserve(component_nbytes(component, dtype))     # encoders or an expert released first if needed
+        load_into(model, component.checkpoint, **kw)
+    model.set_train(False)
+    model.offload = offload
+    return model
+
+
+def open_transformer(source, subfolder: str | None = "transformer", config=None):
+    """(model class, Component) of a transformer (see `load_transformer`), nothing loaded yet."""
     from ..models.transformer import WanTransformer3DModel
     comp = open_component(source, "transformer", subfolder, config)
     cls = WanTransformer3DModel
     if "vace_layers" in comp.config:
         from ..models.vace import WanVACETransformer3DModel as cls
-    return build(cls, comp, dtype)
+    return cls, comp
+
+
+def load_transformer(source, subfolder: str | None = "transformer", dtype="float32", config=None, offload="none"):
+    """A `WanTransformer3DModel` (T2V, I2V, FLF2V, TI2V), or a `WanVACETransformer3DModel` when the
+    config has `vace_layers`, from its diffusers folder, or from one file with the original Wan /
+    ComfyUI key names (config read off the tensors, `config` overriding it; a file of other than a
+    released size, hidden size 1536, 3072 or 5120, needs `config` for its head count).
+
+    `offload`: "none" (every weight resident), "blocks" (embeddings and head resident, the blocks
+    read from the memory-mapped file and widened one block ahead as they run), "model" (the
+    blocks widened on first use and kept until another model needs the room), or "auto"
+    ("blocks" when the model does not fit the memory budget, `backend.memory.memory_budget()`)."""
+    cls, comp = open_transformer(source, subfolder, config)
+    return build(cls, comp, dtype, offload)
 
 
 def load_vae(source, subfolder: str | None = "vae", dtype="float32", config=None):

@@ -116,6 +116,19 @@ class OriginalCheckpoint:
             arr = arr.astype(np.float32) * scale
         return arr
 
+    def read_into(self, key, out: np.ndarray) -> bool:
+        """`get(key)` into `out` without allocating, for a tensor with no fp8 scale (see `Checkpoint`)."""
+        full = self._keys[key]
+        if full.endswith(".weight") and full[:-len(".weight")] + SCALE_SUFFIX in self.ckpt:
+            return False
+        read = getattr(self.ckpt, "read_into", None)
+        return bool(read) and read(full, out)
+
+    def will_need(self, key) -> None:
+        full = self._keys[key]
+        if hasattr(self.ckpt, "will_need"):
+            self.ckpt.will_need(full)
+
 
 def _count(keys, pattern: str) -> int:
     rx = re.compile(pattern)

@@ -4,12 +4,19 @@ numpy has no bfloat16 or fp8, and MindSpore's own reader breaks on some numpy
 versions (mindspore_cpu.md §7.4), so tensors are read from the file directly
 and widened here. Reading is lazy: a tensor's bytes are read only when `get`
 is called, so a loader holds at most one source tensor at a time.
+
+The file is memory-mapped: `get` widens straight from the mapped pages (no
+intermediate copy of the stored bytes), then drops them from the process's
+mapping (`MADV_DONTNEED`), so they stay in the OS page cache, which the OS can
+reclaim, and never count as the process's resident memory.
 """
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import struct
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +97,8 @@ class SafetensorsFile:
                 f"{self.path}: file is truncated ({size} bytes, its header needs {self._base + end}); "
                 "download it again")
         self._size = size
+        self._map: mmap.mmap | None = None       # opened on the first read
+        self._map_lock = threading.Lock()
 
     def keys(self):
         return self._entries.keys()
@@ -103,24 +112,96 @@ class SafetensorsFile:
     def dtype(self, key) -> str:
         return self._entries[key]["dtype"]
 
-    def get(self, key, widen: bool = True) -> np.ndarray:
-        """The tensor as numpy; BF16 and FP8 are widened to float32 (exact).
+    def _mapped(self) -> mmap.mmap:
+        if self._map is None:
+            with self._map_lock:
+                if self._map is None:
+                    with open(self.path, "rb") as f:
+                        self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        return self._map
 
-        With `widen=False` BF16 comes back as its raw uint16 bits.
-        """
+    def _forget_pages(self, start: int, stop: int) -> None:
+        """Unmap [start, stop) from this process (the page cache keeps it): mapped pages that
+        were read would otherwise count as resident memory until the file is closed."""
+        if not _DONTNEED or stop <= start:
+            return
+        first = start - start % mmap.PAGESIZE
+        try:
+            self._map.madvise(mmap.MADV_DONTNEED, first, stop - first)
+        except (OSError, ValueError):
+            pass
+
+    def will_need(self, key) -> None:
+        """Ask the OS to start reading tensor `key` from disk now (a streamed block's tensors are
+        asked for together, so that widening the first overlaps reading the rest)."""
+        if not _WILLNEED:
+            return
+        a, b = self._entries[key]["data_offsets"]
+        start, stop = self._base + a, self._base + b
+        if stop > start:
+            first = start - start % mmap.PAGESIZE
+            try:
+                self._mapped().madvise(mmap.MADV_WILLNEED, first, stop - first)
+            except (OSError, ValueError):
+                pass
+
+    def get(self, key, widen: bool = True) -> np.ndarray:
+        """The tensor as numpy (a new array, not a view of the file); BF16 and FP8 are widened
+        to float32 (exact). With `widen=False` BF16 comes back as its raw uint16 bits."""
         ent = self._entries[key]
         a, b = ent["data_offsets"]
         shape = tuple(ent["shape"])
         dt = ent["dtype"]
-        # Plain reads, not a memory map: mapped pages would count as resident
-        # memory until unmapped, doubling a loader's apparent footprint.
-        raw = np.fromfile(self.path, dtype=np.uint8, count=b - a, offset=self._base + a)
-        if dt == "BF16":
-            bits = raw.view(np.uint16).reshape(shape)
-            return bf16_bits_to_float32(bits) if widen else bits
-        if dt in _FP8:
-            return _FP8[dt][raw].reshape(shape)
-        return raw.view(_PLAIN[dt]).reshape(shape)
+        start = self._base + a
+        raw = np.frombuffer(self._mapped(), dtype=np.uint8, count=b - a, offset=start) if b > a \
+            else np.zeros(0, np.uint8)
+        try:
+            if dt == "BF16":
+                bits = raw.view(np.uint16)
+                if not widen:
+                    return bits.reshape(shape).copy()
+                out = np.empty(bits.shape, np.uint32)
+                np.left_shift(bits, 16, out=out, dtype=np.uint32)   # = bf16_bits_to_float32, in one pass
+                return out.view(np.float32).reshape(shape)
+            if dt in _FP8:
+                return _FP8[dt][raw].reshape(shape)
+            return raw.view(_PLAIN[dt]).reshape(shape).copy()
+        finally:
+            del raw
+            self._forget_pages(start, self._base + b)
+
+    def read_into(self, key, out: np.ndarray) -> bool:
+        """Widen tensor `key` into `out` (C-contiguous, its shape; float32, or float16 for an F16
+        tensor) as `get` would, without allocating; False if this dtype pair is not supported."""
+        ent = self._entries[key]
+        dt = ent["dtype"]
+        if tuple(out.shape) != tuple(ent["shape"]) or not out.flags.c_contiguous:
+            return False
+        if out.dtype == np.float32 and dt not in ("BF16", "F32", "F16", *_FP8):
+            return False
+        if out.dtype == np.float16 and dt != "F16" or out.dtype not in (np.float32, np.float16):
+            return False
+        a, b = ent["data_offsets"]
+        start = self._base + a
+        if b <= a:
+            return True
+        raw = np.frombuffer(self._mapped(), dtype=np.uint8, count=b - a, offset=start)
+        flat = out.reshape(-1)
+        try:
+            if dt == "BF16":
+                np.left_shift(raw.view(np.uint16), 16, out=flat.view(np.uint32), dtype=np.uint32)
+            elif dt in _FP8:
+                np.take(_FP8[dt], raw, out=flat)
+            else:
+                flat[...] = raw.view(_PLAIN[dt])
+        finally:
+            del raw
+            self._forget_pages(start, self._base + b)
+        return True
+
+
+_DONTNEED = hasattr(mmap, "MADV_DONTNEED") and hasattr(mmap.mmap, "madvise")
+_WILLNEED = hasattr(mmap, "MADV_WILLNEED") and hasattr(mmap.mmap, "madvise")
 
 
 def save_file(tensors: dict, path: str | os.PathLike, metadata: dict | None = None) -> None:

@@ -66,6 +66,8 @@ class WanDenoiser:
         for m in (self.transformer, self.transformer_2):
             if hasattr(m, "loras"):   # a LoRA view: its own memory is the LoRA; the base is cached on its own
                 total += sum(lora.cache_nbytes() for lora, _ in m.loras)
+            elif hasattr(m, "resident_nbytes"):   # what it holds now: a streamed model's resident part
+                total += m.resident_nbytes()
             elif m is not None:
                 total += sum(int(np.prod(p.shape)) * p.itemsize for p in m.get_parameters())
         return total

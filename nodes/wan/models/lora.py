@@ -47,17 +47,19 @@ class _Patch:
     def __init__(self, deltas: dict):
         self.deltas = deltas             # id(parameter) -> [callable(param) -> delta tensor]
 
-    def __call__(self, weights):
+    def __call__(self, weights, values=None):
+        """`values`: the weights' values when they are not the parameters' own (a streamed block)."""
         out = []
-        for w in weights:
+        for i, w in enumerate(weights):
+            base = w if values is None else values[i]
             fns = self.deltas.get(id(w))
             if not fns:
-                out.append(w)
+                out.append(base)
                 continue
-            value = w.astype(ms.float32)
+            value = base.astype(ms.float32)
             for fn in fns:
                 value = value + fn()
-            out.append(value.astype(w.dtype))
+            out.append(value.astype(base.dtype))
         return tuple(out)
 
 

@@ -95,11 +95,15 @@ class WanTransformerBlock(nn.Cell):
         ffn = self.ffn.net
         return w + (ffn[0].proj.weight, ffn[0].proj.bias, ffn[2].weight, ffn[2].bias)
 
-    def construct(self, x, context, temb, rope, fn=None, patch=None):
+    def construct(self, x, context, temb, rope, fn=None, patch=None, weights=None):
         """`rope`: (cos, sin, rot) of `apply_rope`; `fn`: a compiled `make_block_fn` of the same
         configuration (shared by all blocks); `patch`: maps the weights to the ones to use
-        (LoRA), leaving the parameters themselves untouched."""
-        weights = self.weights() if patch is None else patch(self.weights())
+        (LoRA), leaving the parameters themselves untouched; `weights`: the values to use instead
+        of the parameters' (a streamed model's, in `weights()` order: `models.block_stream`)."""
+        if weights is None:
+            weights = self.weights() if patch is None else patch(self.weights())
+        elif patch is not None:
+            weights = patch(self.weights(), weights)
         if fn is None:
             return self.fn(x, context, temb, *rope, *weights)
         # Plain tensors, not Parameters: a graph given Parameters binds them and is compiled
@@ -231,21 +235,51 @@ class WanTransformer3DModel(nn.Cell):
 
     def _call_block(self, block, *args):
         """block(*args), through the compiled graph when `compile()` was called, with the
-        weight patch of a LoRA view (`nodes.wan.models.lora`) while one is running."""
+        weight patch of a LoRA view (`nodes.wan.models.lora`) while one is running, and the
+        weights of a streamed block from its stream (`stream_blocks`)."""
         patch = self._active_patch
+        extra = {}
+        stream = getattr(self, "_block_stream", None)
+        if stream is not None:
+            k = self._stream_index.get(id(block))
+            if k is not None:
+                extra["weights"] = stream.get(k)
         if self._jit_blocks is not None:
             fn = self._jit_blocks
             x = args[0]
             if self._jit_blocks_ffn is not None and x.shape[0] * x.shape[1] >= CPU_FFN_OFFLOAD_MIN_ROWS:
                 fn = self._jit_blocks_ffn
             try:
-                return block(*args, fn=fn, patch=patch)
+                return block(*args, fn=fn, patch=patch, **extra)
             except (RuntimeError, TypeError, ValueError) as e:  # graph compile failed: stay correct, run eagerly
                 import warnings
                 warnings.warn(f"ms.jit compilation of the transformer blocks failed ({type(e).__name__}: "
                               f"{str(e).splitlines()[0][:200]}); running eagerly")
                 self._jit_blocks = None
-        return block(*args, patch=patch)
+        return block(*args, patch=patch, **extra)
+
+    def stream_blocks(self, stream):
+        """Take the blocks' weights from `stream` (a `block_stream.BlockStream` over `self.blocks`, in
+        order) instead of their parameters, which then stay unallocated; None goes back to them."""
+        self._block_stream = stream
+        self._stream_index = {id(b): k for k, b in enumerate(self.blocks)} if stream is not None else {}
+        return self
+
+    @property
+    def block_stream(self):
+        return getattr(self, "_block_stream", None)
+
+    def streamed_parameter(self, name: str) -> bool:
+        """Whether the parameter `name` is supplied by the block stream (never allocated)."""
+        return self.block_stream is not None and name.startswith("blocks.")
+
+    def resident_nbytes(self) -> int:
+        """Bytes of weights held now: every parameter, or for a streamed model the resident
+        ones plus the blocks its stream holds widened."""
+        stream = self.block_stream
+        total = sum(int(np.prod(p.shape)) * p.itemsize for name, p in self.parameters_and_names()
+                    if stream is None or not self.streamed_parameter(name))
+        return total + (stream.resident_nbytes() if stream is not None else 0)
 
     def _embed(self, hidden_states, timestep, encoder_hidden_states, encoder_hidden_states_image):
         """Patch tokens [B, L, D], context, temb, the blocks' modulation input and RoPE tables."""

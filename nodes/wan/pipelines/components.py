@@ -3,11 +3,14 @@ experts with scheduler settings), the text encoder with its tokenizer, the CLIP 
 its preprocessing. Each takes any source (`checkpoints.source`) and resolves it once."""
 from __future__ import annotations
 
-from ..checkpoints.loaders import load_image_encoder, load_image_processor, load_text_encoder, load_tokenizer, \
-    load_transformer
+from ..checkpoints.loaders import auto_offload, build, check, component_nbytes, load_image_processor, \
+    load_tokenizer, open_component, open_transformer
 from ..checkpoints.source import as_source, read_config
-from ..models.clip_vision import CLIPImageProcessor, WanCLIPVision
+from ..checkpoints.streaming import check_offload
+from ..models.clip_vision import CLIPImageProcessor, CLIPVisionModel, WanCLIPVision
 from ..models.denoiser import WanDenoiser
+from ..models.residency import OnDemand
+from ..models.umt5 import UMT5EncoderModel
 from .conditioning import WanTextEncoder
 
 
@@ -32,7 +35,7 @@ A14B_BOUNDARY = {16: 0.875, 36: 0.9}
 
 
 def load_denoiser(source, dtype="float32", compile: bool | str = "auto", low_noise_source=None,
-                  boundary_ratio: float | None = None, config=None) -> WanDenoiser:
+                  boundary_ratio: float | None = None, config=None, offload="none") -> WanDenoiser:
     """The transformer(s) of a pipeline folder, with its scheduler and MoE settings; or a
     single-file transformer (original Wan / ComfyUI keys, config inferred), optionally with
     `low_noise_source`, the second expert file of a Wan2.2 A14B model.
@@ -43,11 +46,16 @@ def load_denoiser(source, dtype="float32", compile: bool | str = "auto", low_noi
     `boundary_ratio` overrides the expert switch point (default: the model's own). `config`
     (a dict, config.json, pipeline folder or hub repo id) overrides what a single file's shapes imply;
     a transformer of other than a released size (hidden size 1536, 3072, 5120) needs it for its head count.
+
+    `offload` ("none", "blocks", "model", "auto"; see `load_transformer`): with "auto", each expert
+    is streamed ("blocks") if it alone does not fit the memory budget; Wan2.2's two experts that
+    fit one at a time but not together are widened on first use and released when the other one
+    needs the room ("model"), so the two are never both widened.
     """
     src = as_source(source)
+    offload = check_offload(offload)
     if src.is_file:
-        t1 = load_transformer(src, dtype=dtype, config=config)
-        t2 = load_transformer(low_noise_source, dtype=dtype, config=config) if low_noise_source else None
+        t1, t2 = _load_experts(src, low_noise_source, (None, None), dtype, config, offload)
         index = {}
         # The -Diffusers repos' UniPC flow_shift: 5.0 for TI2V-5B (48 channels), 16.0 for FLF2V
         # (CLIP position embeddings), 3.0 for the rest; the denoise node's `shift` overrides it.
@@ -62,9 +70,8 @@ def load_denoiser(source, dtype="float32", compile: bool | str = "auto", low_noi
             raise ValueError("low_noise_source is for single-file experts; a pipeline folder brings its own "
                              "transformer_2")
         index = src.model_index()
-        t1 = load_transformer(src, "transformer", dtype=dtype, config=config)
-        t2 = load_transformer(src, "transformer_2", dtype=dtype, config=config) \
-            if src.has_component("transformer_2") else None
+        t1, t2 = _load_experts(src, src if src.has_component("transformer_2") else None,
+                               ("transformer", "transformer_2"), dtype, config, offload)
         sched = read_config(src.component("scheduler"), "scheduler_config.json") \
             if src.has_component("scheduler") else {}
     for t in (t1, t2):
@@ -80,18 +87,47 @@ def load_denoiser(source, dtype="float32", compile: bool | str = "auto", low_noi
                        name=str(source))
 
 
+def _load_experts(src, src_2, subfolders, dtype, config, offload):
+    """The transformer and, for Wan2.2 A14B, the second expert, each offloaded as `offload` says."""
+    cls1, comp1 = open_transformer(src, subfolders[0], config)
+    opened = [(cls1, comp1)]
+    if src_2 is not None:
+        opened.append(open_transformer(src_2, subfolders[1], config))
+    modes = [offload] * len(opened)
+    if offload == "auto":
+        sizes = [component_nbytes(comp, dtype) for _, comp in opened]
+        modes = [auto_offload(n, sum(sizes) - n) for n in sizes]
+        if len(opened) == 1 and modes[0] == "model":
+            modes = ["none"]
+    models = [build(cls, comp, dtype, mode) for (cls, comp), mode in zip(opened, modes)]
+    return models[0], (models[1] if len(models) > 1 else None)
+
+
 # Where a single-file encoder's tokenizer comes from when none is named (all Wan models share it).
 DEFAULT_TOKENIZER_SOURCE = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
+
+
+def _on_demand(cls, comp, dtype, what: str):
+    """The component's model, checked now (names and shapes), built on first use and released
+    when another model needs the room (`models.residency`): -> (OnDemand, unloaded instance)."""
+    shell = check(cls, comp, dtype)
+    return OnDemand(lambda: build(cls, comp, dtype), component_nbytes(comp, dtype),
+                    f"{what} {comp.path}"), shell
 
 
 def load_text(source, dtype="float32", tokenizer_source=None, config=None) -> WanTextEncoder:
     """UMT5 encoder + tokenizer of a pipeline folder / repo, or an encoder file (ComfyUI's umt5_xxl_*)
     with the tokenizer of `tokenizer_source` (a pipeline folder or repo id; by default Wan-AI's).
-    `config` (a dict, config.json, pipeline folder or hub repo id) overrides what a file's shapes imply."""
+    `config` (a dict, config.json, pipeline folder or hub repo id) overrides what a file's shapes imply.
+
+    The encoder is checked against its file now and loaded on the first encode; it is released
+    when a model needs the room under the memory budget (`models.residency`), and loaded again
+    by the next encode that needs it."""
     src = as_source(source)
     # a hub repo is fetched one folder at a time: only tokenizer/ for a single-file encoder
     tokenizer = load_tokenizer(tokenizer_source or (DEFAULT_TOKENIZER_SOURCE if src.is_file else src), "tokenizer")
-    encoder = load_text_encoder(src, None if src.is_file else "text_encoder", dtype=dtype, config=config)
+    comp = open_component(src, "text_encoder", None if src.is_file else "text_encoder", config)
+    encoder, _ = _on_demand(UMT5EncoderModel, comp, dtype, "text encoder")
     return WanTextEncoder(encoder=encoder, tokenizer=tokenizer)
 
 
@@ -100,11 +136,13 @@ def load_clip_vision(source, dtype="float32", config=None) -> WanCLIPVision:
     (Wan-AI's open-clip .pth, ComfyUI's clip_vision_h) with the preprocessing of Wan's diffusers repos:
     shortest edge and center crop to the tower's image size (224), bicubic, OpenAI mean and std.
     `config` (a dict, config.json, folder or hub repo id) overrides what a file's shapes imply: a tower
-    other than Wan's 1280-wide ViT-H/14 needs its head count and activation from it."""
+    other than Wan's 1280-wide ViT-H/14 needs its head count and activation from it.
+
+    Like the text encoder, the tower is loaded on first use and released under the memory budget."""
     src = as_source(source)
+    comp = open_component(src, "image_encoder", None if src.is_file else "image_encoder", config)
+    encoder, shell = _on_demand(CLIPVisionModel, comp, dtype, "CLIP vision")
     if src.is_file:
-        encoder = load_image_encoder(src, None, dtype=dtype, config=config)
-        side = encoder.cfg["image_size"]
+        side = shell.cfg["image_size"]
         return WanCLIPVision(encoder=encoder, processor=CLIPImageProcessor(size=side, crop_size=side))
-    return WanCLIPVision(encoder=load_image_encoder(src, "image_encoder", dtype=dtype, config=config),
-                         processor=load_image_processor(src, "image_processor"))
+    return WanCLIPVision(encoder=encoder, processor=load_image_processor(src, "image_processor"))
