@@ -307,6 +307,51 @@ def test_the_text_encoder_is_released_when_the_transformer_needs_the_room(wan22_
     assert np.array_equal(text.encode("a red fox").embeds.asnumpy(), emb.asnumpy())
 
 
+def test_a_half_precision_text_encoder_encodes():
+    """UMT5-XXL fits a 24 GB machine in float16 (13.4 GB, `wo` kept in float32), not in float32 (22.8 GB):
+    its attention mixes a float32 position bias with float16 values."""
+    from nodes.wan import load_text
+    want = load_text(tiny_pipeline_path(), "float32").encode("a red fox").embeds.asnumpy()
+    got = load_text(tiny_pipeline_path(), "float16").encode("a red fox").embeds.astype(ms.float32).asnumpy()
+    assert np.abs(got - want).max() <= 5e-3 * np.abs(want).max()
+
+
+def test_activations_release_models_not_in_use(monkeypatch):
+    """A forward's and a decode's working memory count against the budget too: the text encoder, done
+    with, is released before a transformer forward or a VAE decode that would not fit beside it."""
+    from nodes.wan import load_text, load_vae
+    tiny = tiny_pipeline_path()
+    text = load_text(tiny)
+    emb = text.encode("a red fox").embeds
+    te_size = text.cache_nbytes()
+    model, vae = load_transformer(tiny), load_vae(tiny)
+    latent = ms.Tensor(np.zeros((1, model.config["in_channels"], 2, 8, 8), np.float32))
+    t = ms.Tensor(np.array([500], np.int64))
+
+    def run_forward():
+        model(latent, t, emb)
+
+    def run_decode():
+        vae.decode(ms.Tensor(np.zeros((1, 16, 2, 8, 8), np.float32)))
+
+    for run, need in ((run_forward, model.working_nbytes(latent.shape)),
+                      (run_decode, vae.decode_working_nbytes((1, 16, 2, 8, 8)))):
+        text.encode("a red fox")
+        assert text.encoder.loaded
+        _accounted_room(monkeypatch, te_size + need // 2)      # the encoder or the activations, not both
+        del residency.released_log[:]
+        run()
+        assert [n for n, _ in residency.released_log if n.startswith("text encoder")], residency.released_log
+        assert not text.encoder.loaded
+        monkeypatch.undo()
+        _accounted_room(monkeypatch, te_size + 2 * need)       # room for both: nothing released
+        text.encode("a red fox")
+        del residency.released_log[:]
+        run()
+        assert not residency.released_log and text.encoder.loaded
+        monkeypatch.undo()
+
+
 # -- the budget bounds the peak RSS -------------------------------------------------------------------------------
 CHILD = r"""
 import json, sys

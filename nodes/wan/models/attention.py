@@ -42,7 +42,9 @@ def _math_attention(q, k, v, scale, bias):
         if s.dtype == ms.float32:
             p = mint.softmax(s, dim=-1)
         else:
-            p = mint.softmax(s.astype(ms.float32), dim=-1).astype(v.dtype)
+            p = mint.softmax(s.astype(ms.float32), dim=-1)
+        if p.dtype != vf.dtype:   # half-precision v (a float32 bias promoted the scores): as transformers' T5
+            p = p.astype(vf.dtype)
         outs.append(_bmm(p, vf))
     out = outs[0] if len(outs) == 1 else mint.cat(outs, dim=1)
     return out.reshape(b, h, lq, v.shape[-1])

@@ -15,6 +15,7 @@ thread (devices: the host -> device copy).
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 import weakref
@@ -24,6 +25,7 @@ from typing import Callable
 from . import residency
 
 _worker: ThreadPoolExecutor | None = None
+_worker_pid = 0
 _worker_lock = threading.Lock()
 _active = None                      # weakref to the stream that last handed out weights
 _stats_lock = threading.Lock()
@@ -32,11 +34,12 @@ _peak = {"blocks": 0, "models": 0}
 
 
 def _pool() -> ThreadPoolExecutor:
-    global _worker
+    global _worker, _worker_pid
     with _worker_lock:
-        if _worker is None:
+        if _worker is None or _worker_pid != os.getpid():   # a forked child has no reader thread
             # One reader for all streams: reads never compete with each other for the disk.
             _worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="graphrt-block-stream")
+            _worker_pid = os.getpid()
         return _worker
 
 

@@ -100,6 +100,12 @@ def reserve(nbytes: int, owner=None) -> list[str]:
     return released
 
 
+def reserve_working(nbytes: int, owner=None) -> list[str]:
+    """Room for `nbytes` of activations about to be allocated (a transformer forward, a VAE decode):
+    models not in use are released first if the budget would be exceeded (`reserve`)."""
+    return reserve(nbytes, owner)
+
+
 def release_all() -> list[str]:
     """Release every registered model (e.g. to free memory between jobs); returns their names."""
     with _lock:

@@ -18,6 +18,8 @@ from .rope import rope_cos_sin, rope_pair_rotation, timestep_sinusoid
 from ..backend import onednn
 from ..backend.runtime import device
 from .transformer_block import CPU_FFN_OFFLOAD_MIN_ROWS, finish_on_cpu, make_block_fn, onednn_matmuls
+from .attention import SCORE_BUDGET_BYTES
+from .residency import reserve_working
 
 
 class FeedForward(nn.Cell):
@@ -273,6 +275,17 @@ class WanTransformer3DModel(nn.Cell):
         """Whether the parameter `name` is supplied by the block stream (never allocated)."""
         return self.block_stream is not None and name.startswith("blocks.")
 
+    def working_nbytes(self, latent_shape) -> int:
+        """Activation memory of one forward on latents of `latent_shape` (an upper estimate for the
+        memory budget: a block's float32 intermediates, its FFN hidden state and the attention
+        score chunk), so that models not in use are released before it runs out."""
+        b, _, f, h, w = latent_shape
+        pt, ph, pw = self.patch_size
+        tokens = (f // pt) * (h // ph) * (w // pw)
+        ffn = self.blocks[0].ffn.net[2].in_features if len(self.blocks) else 0
+        scores = min(SCORE_BUDGET_BYTES, 4 * b * (self.dim // self.head_dim) * tokens * max(tokens, 512))
+        return 4 * b * tokens * (12 * self.dim + 2 * ffn) + scores
+
     def resident_nbytes(self) -> int:
         """Bytes of weights held now: every parameter, or for a streamed model the resident
         ones plus the blocks its stream holds widened."""
@@ -327,6 +340,7 @@ class WanTransformer3DModel(nn.Cell):
         """`blocks_hook(tokens, run, n_blocks) -> tokens` replaces the pass through all blocks, for step
         caching (`pipelines.step_cache`): `run(x, start, stop)` runs blocks [start, stop) (stop None = to
         the end) on tokens x, with the same weights (a LoRA view's patch included) as a plain call."""
+        reserve_working(self.working_nbytes(hidden_states.shape), self.block_stream or self)
         x, context, temb, proj, rope = self._embed(hidden_states, timestep, encoder_hidden_states,
                                                    encoder_hidden_states_image)
         if blocks_hook is not None:

@@ -22,6 +22,7 @@ from mindspore import Parameter, mint, nn, ops
 
 from .layers import param_init
 from .attention import attention
+from .residency import reserve_working
 from ..backend.conv import conv2d, conv3d, upsample_conv2d
 from ..backend.runtime import device, to_ms_dtype
 
@@ -543,6 +544,7 @@ class AutoencoderKLWan(nn.Cell):
                                  temperal_downsample, is_residual, dtype)
         self.quant_conv = CausalConv3d(z_dim * 2, z_dim * 2, 1, dtype=dtype)
         self.post_quant_conv = CausalConv3d(z_dim, z_dim, 1, dtype=dtype)
+        self._decoder_base_dim = decoder_base_dim or base_dim
         self.decoder = Decoder3d(decoder_base_dim or base_dim, z_dim, dim_mult, num_res_blocks,
                                  temperal_downsample[::-1], out_channels, is_residual, dtype)
         for p in self.get_parameters():
@@ -667,6 +669,7 @@ class AutoencoderKLWan(nn.Cell):
         tiled = self.use_tiling if tiled is None else tiled
         z = z.astype(self.dtype)
         height, width = z.shape[3], z.shape[4]
+        reserve_working(self.decode_working_nbytes(z.shape, tiled), self)
         if tiled and (width > self.tile_sample_min_width // self._spatial
                       or height > self.tile_sample_min_height // self._spatial):
             out = self._tiled_decode(z)
@@ -674,6 +677,22 @@ class AutoencoderKLWan(nn.Cell):
             out = self._decode_frames(z)
         out = unpatchify(out, self.patch_size)
         return mint.clamp(out, -1.0, 1.0)
+
+    # Working memory of decoding one latent frame, per output pixel and decoder base channel: a peak of
+    # 10 GB above the weights for a Wan2.1 VAE (96 base channels) at 832x480 on CPU (5 frames; frames are
+    # decoded one latent frame at a time, so more frames add only their output).
+    DECODE_BYTES_PER_PIXEL_CHANNEL = 256
+
+    def decode_working_nbytes(self, latent_shape, tiled: bool = False) -> int:
+        """Activation memory `decode` needs (frames are decoded one latent frame at a time): for the
+        memory budget, which releases models not in use (`models.residency`) before it runs out."""
+        b, _, t, h, w = latent_shape
+        h, w = h * self._spatial, w * self._spatial
+        frames = b * (1 + self._temporal * (t - 1))
+        output = 2 * 4 * 3 * frames * h * w                  # the decoded frames, and their concatenation
+        if tiled:
+            h, w = min(h, self.tile_sample_min_height), min(w, self.tile_sample_min_width)
+        return self.DECODE_BYTES_PER_PIXEL_CHANNEL * h * w * self._decoder_base_dim + output
 
     def _tiled_decode(self, z):
         _, _, _, height, width = z.shape
