@@ -90,6 +90,7 @@ class WanDenoise(Node):
                              "diffusers' default)")
         state = latent.get("sampler_state")
         resume = state is not None and not add_noise
+        step_cache = step_cache if step_cache is not None else model.step_cache    # WanApplyStepCache's
         session = StepCacheSession(step_cache) if step_cache is not None and step_cache.active else None
         x, new_state = denoise(
             model, positive, negative, steps=steps, guidance=guidance, guidance_2=guidance_2 or None,

@@ -1,4 +1,5 @@
-"""Step caching nodes: WanStepCache (the STEP_CACHE input of WanDenoise) and WanStepCacheCalibrate
+"""Step caching nodes: WanStepCache (the STEP_CACHE input of WanDenoise), WanApplyStepCache (a MODEL
+that samples with it in any sampler, ComfyUI's KSampler family included) and WanStepCacheCalibrate
 (MagCache's per-step ratios for a model, measured once by a reference sampling)."""
 from __future__ import annotations
 
@@ -39,6 +40,21 @@ class WanStepCache(Node):
         from .wan.pipelines.step_cache import StepCache
         return (StepCache(mode=mode, threshold=float(threshold), max_skips=int(max_consecutive_skips),
                           retention=float(retention), ratios=ratios, preset=ratios_preset),)
+
+
+@register_node
+class WanApplyStepCache(Node):
+    CATEGORY = "sampling/wan"
+    DESCRIPTION = ("The model, sampling with this step cache in every sampler it goes to: KSampler, "
+                   "KSamplerAdvanced, SamplerCustom (as ComfyUI's MagCache/TeaCache model patches) and WanDenoise "
+                   "(whose own step_cache input wins). A KSamplerAdvanced stage that starts where one with the same "
+                   "model stopped continues its cache; another model (Wan2.2's low-noise expert) starts afresh. "
+                   "The sampler's LATENT and the run report count the skipped transformer evaluations.")
+    INPUTS = [Input("model", "MODEL"), Input("step_cache", "STEP_CACHE")]
+    OUTPUTS = [Output("MODEL", "MODEL")]
+
+    def execute(self, ctx, model, step_cache):
+        return (model.with_(step_cache=step_cache if step_cache.active else None),)
 
 
 @register_node

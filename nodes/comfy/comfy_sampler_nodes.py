@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from graphrt import Input, Node, Output, register_node
 
-from ..wan.pipelines.comfy_sampling import (SAMPLER_NAMES, SCHEDULERS, ComfySampler, basic_sigmas, ksampler,
-                                            sample_custom, with_model_sampling)
+from ..wan.pipelines.comfy_sampling import (SAMPLER_NAMES, SCHEDULERS, STEP_CACHE_STATS, ComfySampler,
+                                            basic_sigmas, ksampler, sample_custom, with_model_sampling)
 
 SEED_MAX = 2**64 - 1      # ComfyUI's 0xffffffffffffffff; torch seeds its generator from the low 32 bits
 
@@ -34,6 +34,13 @@ def _progress(ctx):
                 ctx.preview(picture)
         ctx.progress(step + 1, total)
     return step_done
+
+
+def _reported(ctx, latent: dict) -> dict:
+    """A MODEL with a step cache (WanApplyStepCache): what it skipped goes in the run report."""
+    if STEP_CACHE_STATS in latent:
+        ctx.metrics(step_cache=latent[STEP_CACHE_STATS])
+    return latent
 
 
 @register_node
@@ -83,9 +90,9 @@ class KSampler(Node):
 
     def execute(self, ctx, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
                 denoise=1.0):
-        return (ksampler(model, latent_image, seed=seed, steps=steps, cfg=cfg, sampler_name=sampler_name,
-                         scheduler=scheduler, positive=positive, negative=negative, denoise=denoise,
-                         callback=_progress(ctx)),)
+        return (_reported(ctx, ksampler(
+            model, latent_image, seed=seed, steps=steps, cfg=cfg, sampler_name=sampler_name, scheduler=scheduler,
+            positive=positive, negative=negative, denoise=denoise, callback=_progress(ctx))),)
 
 
 @register_node
@@ -113,10 +120,11 @@ class KSamplerAdvanced(Node):
 
     def execute(self, ctx, model, add_noise, noise_seed, steps, cfg, sampler_name, scheduler, positive, negative,
                 latent_image, start_at_step, end_at_step, return_with_leftover_noise):
-        return (ksampler(model, latent_image, seed=noise_seed, steps=steps, cfg=cfg, sampler_name=sampler_name,
-                         scheduler=scheduler, positive=positive, negative=negative,
-                         add_noise=add_noise == "enable", start_step=start_at_step, last_step=end_at_step,
-                         force_full_denoise=return_with_leftover_noise != "enable", callback=_progress(ctx)),)
+        return (_reported(ctx, ksampler(
+            model, latent_image, seed=noise_seed, steps=steps, cfg=cfg, sampler_name=sampler_name,
+            scheduler=scheduler, positive=positive, negative=negative, add_noise=add_noise == "enable",
+            start_step=start_at_step, last_step=end_at_step,
+            force_full_denoise=return_with_leftover_noise != "enable", callback=_progress(ctx))),)
 
 
 @register_node
@@ -138,8 +146,10 @@ class SamplerCustom(Node):
     OUTPUTS = [Output("output", "LATENT"), Output("denoised_output", "LATENT")]
 
     def execute(self, ctx, model, add_noise, noise_seed, cfg, positive, negative, sampler, sigmas, latent_image):
-        return sample_custom(model, latent_image, add_noise=add_noise, seed=noise_seed, cfg=cfg, positive=positive,
-                             negative=negative, sampler=sampler, sigmas=sigmas, callback=_progress(ctx))
+        out, denoised = sample_custom(model, latent_image, add_noise=add_noise, seed=noise_seed, cfg=cfg,
+                                      positive=positive, negative=negative, sampler=sampler, sigmas=sigmas,
+                                      callback=_progress(ctx))
+        return _reported(ctx, out), denoised
 
 
 @register_node

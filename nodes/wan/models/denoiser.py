@@ -18,6 +18,9 @@ class WanDenoiser:
     scheduler_config: dict = field(default_factory=dict)
     num_train_timesteps: int = 1000
     name: str = ""
+    # A `pipelines.step_cache.StepCache` every sampler applies to this model (ComfyUI's model-patch
+    # style: WanApplyStepCache -> KSampler); None = no step caching unless a sampler is given one.
+    step_cache: object = None
 
     @property
     def config(self) -> dict:

@@ -10,6 +10,7 @@ import mindspore as ms
 from mindspore import mint, nn
 
 from .layers import Linear
+from .residency import reserve_working
 from .transformer import WanTransformer3DModel, WanTransformerBlock, _PatchEmbed
 
 
@@ -45,7 +46,10 @@ class WanVACETransformer3DModel(WanTransformer3DModel):
                                         for i in range(len(vace_layers))])
 
     def construct(self, hidden_states, timestep, encoder_hidden_states, encoder_hidden_states_image=None,
-                  control_hidden_states=None, control_hidden_states_scale=None):
+                  control_hidden_states=None, control_hidden_states_scale=None, blocks_hook=None):
+        """`blocks_hook` as the base model's (step caching): `run(x, start, stop)` runs main blocks
+        [start, stop) with their hints added; a hint is computed when its block first needs it, so a
+        step that skips the blocks skips the control branch too."""
         if control_hidden_states is None:
             raise ValueError("WanVACETransformer3DModel needs control_hidden_states")
         n = len(self.vace_layers)
@@ -56,6 +60,7 @@ class WanVACETransformer3DModel(WanTransformer3DModel):
             scales = [float(v) for v in (scales.asnumpy() if hasattr(scales, "asnumpy") else scales)]
             if len(scales) != n:
                 raise ValueError(f"control_hidden_states_scale has {len(scales)} values; vace_layers has {n}")
+        reserve_working(self.working_nbytes(hidden_states.shape), self.block_stream or self)
         x, context, temb, proj, rope = self._embed(hidden_states, timestep, encoder_hidden_states,
                                                    encoder_hidden_states_image)
         control = self.vace_patch_embedding(control_hidden_states.astype(self.dtype))
@@ -63,14 +68,22 @@ class WanVACETransformer3DModel(WanTransformer3DModel):
         if missing:  # fewer control tokens than video tokens: zero-pad at the end
             pad = mint.zeros((control.shape[0], missing, control.shape[2]), dtype=control.dtype)
             control = mint.cat([control, pad], dim=1)
-        hints = []
-        for block in self.vace_blocks:
-            hint, control = self._call_block(block, x, context, control, proj, rope)
-            hints.append(hint)
-        k = 0
-        for i, block in enumerate(self.blocks):
-            x = self._call_block(block, x, context, proj, rope)
-            if i in self.vace_layers:  # hints go out in block order, whatever the order of vace_layers
-                x = x + hints[k] * scales[k]
-                k += 1
+        # hints go out in block order, whatever the order of vace_layers
+        rank = {layer: k for k, layer in enumerate(sorted(self.vace_layers))}
+        tokens, hints, state = x, [], [control]
+
+        def hint(k):
+            while len(hints) <= k:    # the control branch is a chain: block k needs block k-1's state
+                h, state[0] = self._call_block(self.vace_blocks[len(hints)], tokens, context, state[0], proj, rope)
+                hints.append(h)
+            return hints[k]
+
+        def run(h, start, stop):
+            for i in range(start, len(self.blocks) if stop is None else stop):
+                h = self._call_block(self.blocks[i], h, context, proj, rope)
+                if i in rank:
+                    h = h + hint(rank[i]) * scales[rank[i]]
+            return h
+
+        x = run(x, 0, None) if blocks_hook is None else blocks_hook(x, run, len(self.blocks))
         return self._head(x, temb, hidden_states.shape)

@@ -27,6 +27,9 @@ steps ComfyUI takes around a sampler (comfy/sample.py, comfy/samplers.py, nodes.
   (`with_model_sampling`). A Wan2.2 A14B pair is two MODELs chained through two KSamplerAdvanced, as
   in ComfyUI; a two-expert MODEL of our loaders switches experts at its boundary (t = sigma * 1000).
 - The two CFG passes are two transformer calls, never one batch of two (see `_velocities`).
+- Step caching: a MODEL patched with a `StepCache` (WanApplyStepCache) skips transformer work as
+  WanDenoise does (`CachedSteps` maps the sampler's calls to steps); a KSamplerAdvanced stage that
+  starts where the previous one stopped continues its cache (the LATENT carries it).
 """
 from __future__ import annotations
 
@@ -44,9 +47,10 @@ from .conditioning import FIRST_FRAME_LATENTS, FIRST_FRAME_MASK
 from .k_samplers import SAMPLER_NAMES as _IMPLEMENTED, cfg_denoised, run_ksampler
 from .latent_space import is_normalized
 from .sampling import _control_kwargs, _model_input, check_conditioning
+from .step_cache import COND, UNCOND, StepCacheSession
 from .sigmas import SCHEDULER_NAMES, ModelSamplingFlow, basic_scheduler, ksampler_sigmas, slice_sigmas
 from .torch_randn import TorchCPUGenerator, prepare_noise
-from .vace_conditioning import VACE_CONTROL, VACE_STRENGTH
+from .vace_conditioning import VACE_CONTROL
 
 F = np.float32
 
@@ -188,8 +192,9 @@ class WanFlowModel:
     """
 
     def __init__(self, denoiser: WanDenoiser, positive, negative, cfg: float, *, latent_channels: int,
-                 denoise_mask: np.ndarray | None = None):
+                 denoise_mask: np.ndarray | None = None, step_cache: "CachedSteps | None" = None):
         self.denoiser = denoiser
+        self.step_cache = step_cache
         self.cfg = float(cfg)
         self.sampling = model_sampling(denoiser)
         use_uncond = not math.isclose(self.cfg, 1.0)
@@ -217,19 +222,86 @@ class WanFlowModel:
         # One transformer call per pass: on MindSpore's CPU kernels a batch of two is not bit-identical
         # to two calls (a few ulp), and a result must not depend on how the passes were grouped.
         b = x.shape[0]
+        hooks = [None] * len(self.conds) if self.step_cache is None else \
+            [self.step_cache.session.blocks_hook((track,)) for track in (COND, UNCOND)[:len(self.conds)]]
         return [_np(model(_model_input(x, c, self.denoiser), ts, _batched(c.embeds, b // c.embeds.shape[0]),
                           encoder_hidden_states_image=_batched(c.image_embeds, b // c.embeds.shape[0]),
-                          **_control_kwargs(model, self._control_source(c), b)).astype(ms.float32))
-                for c in self.conds]
+                          blocks_hook=hook, **_control_kwargs(model, self._control_source(c), b)).astype(ms.float32))
+                for c, hook in zip(self.conds, hooks)]
 
     def __call__(self, x: np.ndarray, sigma) -> np.ndarray:
         sigma = F(sigma)
         t = F(self.sampling.timestep(sigma))
         model, _ = self.denoiser.expert_for(float(t))
+        if self.step_cache is not None:
+            self.step_cache.at(sigma)
         x = np.asarray(x, np.float32)
         preds = self._velocities(model, ms.Tensor(x), self.timesteps(t, x.shape))
         denoised = [self.sampling.calculate_denoised(sigma, v, x) for v in preds]
         return cfg_denoised(denoised[0], denoised[1] if len(denoised) > 1 else None, self.cfg)
+
+
+# LATENT keys of a cached run: what was skipped (also in the run report), and the cache to continue from.
+STEP_CACHE_STATS, STEP_CACHE_STATE = "step_cache_stats", "step_cache_state"
+
+
+class CachedSteps:
+    """A `StepCacheSession` driven by a ComfyUI sampler's model calls.
+
+    The session decides per step of the schedule; a sampler calls the model at sigmas. The first call
+    at the schedule's sigma i begins step `offset + i` (offset: KSamplerAdvanced's start_at_step, so
+    split stages count steps as one run does); later calls before the next step's sigma (a second-order
+    sampler's intermediate and corrector evaluations) share that step's decision.
+    """
+
+    def __init__(self, session: StepCacheSession, run_sigmas: np.ndarray, offset: int, denoiser: WanDenoiser,
+                 schedule: np.ndarray):
+        self.session = session
+        self.sigmas = np.asarray(run_sigmas, np.float32)[:-1]   # the last sigma is where the run ends
+        self.offset, self.current = int(offset), -1
+        self.denoiser, self.schedule = denoiser, schedule
+
+    def model_identity(self, step: int) -> str:
+        """What the transformer of `step` is, stably across processes (a LATENT may come from the disk
+        cache): its file and LoRAs. A cache is only continued by the same transformer."""
+        t = model_sampling(self.denoiser).timestep(F(self.schedule[min(step, len(self.schedule) - 2)]))
+        model, _ = self.denoiser.expert_for(float(t))
+        loras = [f"{lora.source}*{float(strength)!r}" for lora, strength in getattr(model, "loras", ())]
+        return "|".join([self.denoiser.name or "", str(self.denoiser.expert_for(float(t))[1]), *loras])
+
+    def at(self, sigma) -> None:
+        later = [i for i in np.flatnonzero(self.sigmas == F(sigma)) if i > self.current]
+        if later:
+            self.current = int(later[0])
+            self.session.begin_step(self.offset + self.current)
+        elif self.current < 0:    # a sampler evaluating off the schedule first: step 0 decides
+            self.current = 0
+            self.session.begin_step(self.offset)
+
+
+def _step_cache(denoiser: WanDenoiser, positive, cfg: float, schedule: np.ndarray, run_sigmas: np.ndarray,
+                offset: int, latent: dict) -> CachedSteps | None:
+    """The step cache of a MODEL patched by WanApplyStepCache for this run, or None. `schedule`: the
+    whole schedule's sigmas (a split run's steps are counted in it); the cache a previous stage stopped
+    with is continued when this stage starts at the step it stopped at."""
+    config = denoiser.step_cache
+    if config is None or not config.active:
+        return None
+    sampling = model_sampling(denoiser)
+    steps = len(schedule) - 1
+    experts = [denoiser.expert_for(float(sampling.timestep(F(s))))[1] for s in schedule[:-1]]
+    session = StepCacheSession(config)
+    cached = CachedSteps(session, run_sigmas, offset, denoiser, schedule)
+    carried = latent.get(STEP_CACHE_STATE)
+    if not carried or (carried["step"], carried["steps"], carried["model"]) != (
+            offset, steps, cached.model_identity(offset)):
+        # A fresh cache (e.g. Wan2.2's low-noise MODEL taking over): its steps count from this stage on,
+        # so its first `retention` steps run, as after WanDenoise's expert switch.
+        carried = None
+        experts = [-1] * offset + experts[offset:]
+    session.begin(denoiser, steps, experts, not math.isclose(float(cfg), 1.0), positive,
+                  carried["state"] if carried else None)
+    return cached
 
 
 class InpaintModel:
@@ -265,7 +337,7 @@ def _first_frame_mask(positive, samples: np.ndarray, mask):
 
 def sample(denoiser: WanDenoiser, positive, negative, cfg: float, sampler: ComfySampler, sigmas,
            latent: dict, noise: np.ndarray, *, seed: int | None = None,
-           callback: Callback | None = None) -> np.ndarray:
+           callback: Callback | None = None, step_cache: CachedSteps | None = None) -> np.ndarray:
     """comfy.samplers.CFGGuider.sample for a LATENT dict and initial noise: the raw (VAE-space) result.
 
     `latent["samples"]` must already have the model's channel count (`fix_empty_latent_channels`).
@@ -281,7 +353,7 @@ def sample(denoiser: WanDenoiser, positive, negative, cfg: float, sampler: Comfy
     x0, mask = _first_frame_mask(positive, x0, mask)
     noise = np.asarray(noise, np.float32)
     guider = WanFlowModel(denoiser, positive, negative, cfg, latent_channels=samples.shape[1],
-                          denoise_mask=mask)
+                          denoise_mask=mask, step_cache=step_cache)
     model = guider
     if mask is not None:
         # ComfyUI's ddim re-noises the known region with its own draw (seed + 1), not the initial noise
@@ -300,11 +372,19 @@ def initial_noise(samples: np.ndarray, seed: int, add_noise: bool, batch_index=N
     return prepare_noise(samples.shape, int(seed), batch_index)
 
 
-def _result(latent: dict, samples: np.ndarray, normalized: bool) -> dict:
-    """ComfyUI copies the LATENT dict and replaces its samples; our WanDenoise's state does not apply."""
-    out = {k: v for k, v in latent.items() if k not in ("sampler_state", "empty")}
+def _result(latent: dict, samples: np.ndarray, normalized: bool, cached: CachedSteps | None = None,
+            stop: int | None = None) -> dict:
+    """ComfyUI copies the LATENT dict and replaces its samples; our WanDenoise's state does not apply.
+    A cached run adds what it skipped, and, when it stopped at step `stop` before the end, its cache."""
+    out = {k: v for k, v in latent.items()
+           if k not in ("sampler_state", "empty", STEP_CACHE_STATS, STEP_CACHE_STATE)}
     out["samples"] = ms.Tensor(np.ascontiguousarray(samples, np.float32))
     out["normalized"] = normalized
+    if cached is not None:
+        out[STEP_CACHE_STATS] = cached.session.stats()
+        if stop is not None and stop < cached.session.steps:
+            out[STEP_CACHE_STATE] = {"state": cached.session.snapshot(), "step": int(stop),
+                                     "steps": int(cached.session.steps), "model": cached.model_identity(stop - 1)}
     return out
 
 
@@ -317,13 +397,15 @@ def ksampler(denoiser: WanDenoiser, latent: dict, *, seed: int, steps: int, cfg:
     samples = fix_empty_latent_channels(denoiser, _np(latent["samples"]))
     latent = {**latent, "samples": samples}
     noise = initial_noise(samples, seed, add_noise, latent.get("batch_index"))
-    sigmas = ksampler_sigmas(model_sampling(denoiser), scheduler, steps, sampler_name, denoise)
-    sigmas = slice_sigmas(sigmas, start_step, last_step, force_full_denoise)
+    schedule = ksampler_sigmas(model_sampling(denoiser), scheduler, steps, sampler_name, denoise)
+    sigmas = slice_sigmas(schedule, start_step, last_step, force_full_denoise)
     if sigmas is None or sigmas.shape[-1] == 0:      # nothing to run: ComfyUI hands the latent back
         return _result(latent, samples, is_normalized(latent))
+    offset = min(int(start_step or 0), len(schedule) - 1)
+    cached = _step_cache(denoiser, positive, cfg, schedule, sigmas, offset, latent)
     raw = sample(denoiser, positive, negative, cfg, ComfySampler(sampler_name), sigmas, latent, noise,
-                 seed=seed, callback=callback)
-    return _result(latent, raw, False)
+                 seed=seed, callback=callback, step_cache=cached)
+    return _result(latent, raw, False, cached, offset + len(sigmas) - 1)
 
 
 def sample_custom(denoiser: WanDenoiser, latent: dict, *, add_noise: bool, seed: int, cfg: float, positive,
@@ -345,8 +427,10 @@ def sample_custom(denoiser: WanDenoiser, latent: dict, *, add_noise: bool, seed:
     if sigmas.shape[-1] == 0:
         out = _result(latent, samples, is_normalized(latent))
         return out, out
-    raw = sample(denoiser, positive, negative, cfg, sampler, sigmas, latent, noise, seed=seed, callback=track)
-    out = _result(latent, raw, False)
+    cached = _step_cache(denoiser, positive, cfg, sigmas, sigmas, 0, latent)
+    raw = sample(denoiser, positive, negative, cfg, sampler, sigmas, latent, noise, seed=seed, callback=track,
+                 step_cache=cached)
+    out = _result(latent, raw, False, cached)
     if "x0" not in last:
         return out, out
     return out, _result(latent, process_out(np.asarray(last["x0"], np.float32)), False)

@@ -160,7 +160,7 @@ def preset_for(denoiser, first_frame: bool = False) -> str | None:
     dim = int(cfg.get("num_attention_heads", 0)) * int(cfg.get("attention_head_dim", 0))
     two = denoiser.transformer_2 is not None
     name = (denoiser.name or "").lower()
-    if cfg.get("pos_embed_seq_len") is not None:      # FLF2V: no published table
+    if cfg.get("pos_embed_seq_len") is not None or cfg.get("vace_layers"):   # FLF2V, VACE: no published table
         return None
     for key, p in PRESETS.items():
         if (dim, int(cfg.get("num_layers", 0)), int(cfg.get("in_channels", 0)), two) != (

@@ -159,10 +159,6 @@ class StepCacheSession:
     def begin(self, denoiser, steps: int, experts: list, cfg: bool, positive=None, carried: CacheState | None = None):
         """`experts`: the expert index of every step of the schedule; `carried`: the state a previous
         stage stopped with (used when it ran the same mode)."""
-        if self.config.active or self.record:
-            for m in (denoiser.transformer, denoiser.transformer_2):
-                if m is not None and hasattr(m, "vace_layers"):
-                    raise ValueError("step caching does not support VACE models yet: remove the step_cache input")
         self.steps, self.experts = int(steps), list(experts)
         self.tracks = (COND, UNCOND) if cfg else (COND,)
         self.table, self.may_skip_expert = None, None
