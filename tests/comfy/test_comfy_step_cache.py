@@ -18,6 +18,7 @@ from nodes.wan.checkpoints import model_folders
 from nodes.wan.models.vace import WanVACETransformer3DModel, WanVACETransformerBlock
 from tests.comfy.tiny_comfy_files import shared_models
 from tests.wan.parity import rel_err
+from tests.wan.test_step_cache import expected_skips   # the skip rule when every step passes
 
 STEPS, SPLIT = 8, 3
 HUGE = 100.0                 # every step passes: only retention and max skips in a row decide
@@ -36,21 +37,6 @@ def ex(tmp_path_factory):
     before = model_folders.set_models_dir(models.root)
     yield Executor(cache="lru:64")
     model_folders.set_models_dir(before)
-
-
-def expected_skips(segments, retention, max_skips):
-    """The rule when every step passes the threshold: in each run of steps the first round(retention *
-    length) compute (at least one: nothing to reuse yet), then at most `max_skips` in a row skip."""
-    out = []
-    for start, length in segments:
-        keep, streak = max(1, int(retention * length + 0.5)), 0
-        for j in range(keep, length):
-            if streak < max_skips:
-                out.append(start + j)
-                streak += 1
-            else:
-                streak = 0
-    return out
 
 
 class Graph:
