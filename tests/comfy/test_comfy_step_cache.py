@@ -89,7 +89,7 @@ def samples(latent):
     return latent["samples"].asnumpy()
 
 
-@pytest.mark.parametrize("sampler", ["euler", "uni_pc", "heun"])
+@pytest.mark.parametrize("sampler", ["euler", "uni_pc", "heun", "dpmpp_sde"])
 @pytest.mark.parametrize("cache", [MAGCACHE, FIRST_BLOCK], ids=["magcache", "first_block"])
 def test_threshold_zero_is_the_plain_sampler_bit_for_bit(ex, sampler, cache):
     g = Graph()

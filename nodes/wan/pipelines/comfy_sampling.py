@@ -250,8 +250,9 @@ class CachedSteps:
 
     The session decides per step of the schedule; a sampler calls the model at sigmas. The first call
     at the schedule's sigma i begins step `offset + i` (offset: KSamplerAdvanced's start_at_step, so
-    split stages count steps as one run does); later calls before the next step's sigma (a second-order
-    sampler's intermediate and corrector evaluations) share that step's decision.
+    split stages count steps as one run does); calls at sigmas between (dpmpp_sde's midpoints) share
+    the current step's decision. heun's corrector, evaluated at sigma i+1, thus begins step i+1, whose
+    own call then shares that decision: every step is decided once, whatever the sampler.
     """
 
     def __init__(self, session: StepCacheSession, run_sigmas: np.ndarray, offset: int, denoiser: WanDenoiser,
