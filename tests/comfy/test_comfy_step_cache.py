@@ -210,3 +210,31 @@ def test_wan_denoise_takes_the_models_step_cache(ex):
     (a, b), _ = run(ex, g, by_model, by_input)
     assert np.array_equal(samples(a), samples(b))
     assert a["step_cache_stats"]["skipped_steps"] == expected_skips([(0, STEPS)], 0.25, 2)
+
+
+
+def test_auto_ratios_know_a_comfy_start_frame(ex, monkeypatch):
+    """TI2V's published ratios differ with and without a start frame; under ComfyUI's samplers the start
+    frame is Wan22ImageToVideoLatent's noise mask on the LATENT, not a conditioning extra."""
+    from nodes.wan.pipelines import comfy_sampling, step_cache
+    asked = []
+
+    def preset_for(denoiser, first_frame=False):
+        asked.append(first_frame)
+        return "wan2.2_ti2v_5b_i2v" if first_frame else "wan2.2_ti2v_5b_t2v"
+    monkeypatch.setattr(step_cache, "preset_for", preset_for)
+    g = Graph()
+    sc = g.g.node("WanStepCache", mode="magcache", threshold=0.1, max_consecutive_skips=2, retention=0.25,
+                  ratios_preset="auto")
+    apply = g.g.node("WanApplyStepCache", model=g.model(), step_cache=sc[0])
+    pos = g.g.node("CLIPTextEncode", clip=g.g.node("CLIPLoader", clip_name="umt5_xxl_fp16.safetensors", type="wan",
+                                                   device="default")[0], text="a fox in the snow")
+    (model, cond), _ = run(ex, g, apply, pos)
+    empty = np.zeros((1, 16, 2, 4, 6), np.float32)
+    mask = np.ones((1, 1, 2, 4, 6), np.float32)
+    mask[:, :, 0] = 0.0
+    for latent, want in (({"samples": empty}, "t2v"), ({"samples": empty, "noise_mask": mask}, "i2v")):
+        out = comfy_sampling.ksampler(model, latent, seed=1, steps=2, cfg=1.0, sampler_name="euler",
+                                      scheduler="simple", positive=cond, negative=None)
+        assert out["step_cache_stats"]["ratios"].startswith(f"wan2.2_ti2v_5b_{want}")
+    assert asked == [False, True]

@@ -301,7 +301,8 @@ def _step_cache(denoiser: WanDenoiser, positive, cfg: float, schedule: np.ndarra
         carried = None
         experts = [-1] * offset + experts[offset:]
     session.begin(denoiser, steps, experts, not math.isclose(float(cfg), 1.0), positive,
-                  carried["state"] if carried else None)
+                  carried["state"] if carried else None,
+                  first_frame=latent.get(NOISE_MASK) is not None)   # Wan22ImageToVideoLatent's start frame
     return cached
 
 

@@ -156,9 +156,12 @@ class StepCacheSession:
         self.ratios_source = ""
 
     # -- set-up -------------------------------------------------------------------------------
-    def begin(self, denoiser, steps: int, experts: list, cfg: bool, positive=None, carried: CacheState | None = None):
+    def begin(self, denoiser, steps: int, experts: list, cfg: bool, positive=None, carried: CacheState | None = None,
+              first_frame: bool | None = None):
         """`experts`: the expert index of every step of the schedule; `carried`: the state a previous
-        stage stopped with (used when it ran the same mode)."""
+        stage stopped with (used when it ran the same mode); `first_frame`: whether a start frame is
+        given (TI2V's published ratios differ), when not told by `positive`'s extras."""
+        self.first_frame = first_frame
         self.steps, self.experts = int(steps), list(experts)
         self.tracks = (COND, UNCOND) if cfg else (COND,)
         self.table, self.may_skip_expert = None, None
@@ -176,7 +179,7 @@ class StepCacheSession:
         from .conditioning import FIRST_FRAME_MASK
         name = self.config.preset
         if name == "auto":
-            first_frame = positive is not None and FIRST_FRAME_MASK in positive.extras
+            first_frame = self.first_frame or (positive is not None and FIRST_FRAME_MASK in positive.extras)
             name = preset_for(denoiser, first_frame)
             if name is None:
                 raise ValueError(
