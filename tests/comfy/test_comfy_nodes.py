@@ -1,9 +1,10 @@
 """The comfy pack's nodes against ComfyUI's own formulas, on tiny models written in ComfyUI's file formats.
 
-ComfyUI itself is not installable here, so every expected value is computed in the test with torch,
-following the ComfyUI function cited next to it (ComfyUI at a125cd84, comfy_extras/nodes_wan.py and
-friends), on the torch modules whose weights the model files hold: diffusers' AutoencoderKLWan is the
-network of ComfyUI's WanVAE, transformers' UMT5 / CLIP those of its text and vision encoders.
+ComfyUI itself is not installable here, so every expected value is computed with torch (in the test or by
+the shared formulas of comfy_replay.py), following the ComfyUI function cited next to it (ComfyUI at
+a125cd84, comfy_extras/nodes_wan.py and friends), on the torch modules whose weights the model files hold:
+diffusers' AutoencoderKLWan is the network of ComfyUI's WanVAE, transformers' UMT5 / CLIP those of its text
+and vision encoders.
 """
 from __future__ import annotations
 
@@ -21,9 +22,11 @@ from graphrt.registry import get_node_class, load_node_packs
 from graphrt.validate import validate
 from nodes.comfy.comfy_files import set_input_dir
 from nodes.wan.checkpoints import model_folders
-from nodes.wan.checkpoints.presets import WAN21_LATENTS_MEAN, WAN21_LATENTS_STD, WAN22_LATENTS_MEAN, WAN22_LATENTS_STD
 from nodes.wan.pipelines.conditioning import CONCAT_LATENTS
 from nodes.wan.pipelines.vace_conditioning import VACE_CONTROL, VACE_STRENGTH
+# ComfyUI's formulas, in torch
+from tests.comfy.comfy_replay import (clip_vision_encode, comfy_tokens, common_upscale, concat_cond, process_in,
+                                      process_out, umt5, upscale_images, vae_encode)
 from tests.comfy.tiny_comfy_files import shared_models, tiny_image
 from tests.wan.parity import rel_err
 
@@ -46,57 +49,6 @@ def _np(x):
 def run(g: GraphBuilder, *targets, tmp_path=None):
     res = Executor(output_dir=str(tmp_path or "output")).run(g.to_workflow(), targets=list(targets))
     return res.outputs
-
-
-# ---- ComfyUI's formulas, in torch ---------------------------------------------------------------------------
-
-def common_upscale(s, width, height, method="bilinear", crop="center"):
-    """comfy/utils.py common_upscale (4-D input)."""
-    if crop == "center":
-        old_w, old_h = s.shape[-1], s.shape[-2]
-        old_aspect, new_aspect = old_w / old_h, width / height
-        x = y = 0
-        if old_aspect > new_aspect:
-            x = round((old_w - old_w * (new_aspect / old_aspect)) / 2)
-        elif old_aspect < new_aspect:
-            y = round((old_h - old_h * (old_aspect / new_aspect)) / 2)
-        s = s.narrow(-2, y, old_h - y * 2).narrow(-1, x, old_w - x * 2)
-    return TF.interpolate(s, size=(height, width), mode=method)
-
-
-def upscale_images(images, width, height):
-    """The Wan nodes' `common_upscale(img.movedim(-1, 1), w, h, "bilinear", "center").movedim(1, -1)`."""
-    return common_upscale(torch.from_numpy(np.asarray(images, np.float32)).movedim(-1, 1), width, height).movedim(1, -1)
-
-
-def vae_encode(vae, images):
-    """comfy/sd.py VAE.encode for a video VAE: [N, H, W, 3] -> [1, 3, N, H, W] * 2 - 1 -> the posterior mean."""
-    x = images[..., :3].movedim(-1, 1).movedim(1, 0).unsqueeze(0) * 2.0 - 1.0
-    with torch.no_grad():
-        return vae.encode(x).latent_dist.mean
-
-
-def process_in(x):
-    """comfy/latent_formats.py Wan21 / Wan22 process_in."""
-    mean, std = (WAN21_LATENTS_MEAN, WAN21_LATENTS_STD) if x.shape[1] == 16 else (WAN22_LATENTS_MEAN, WAN22_LATENTS_STD)
-    return (x - torch.tensor(mean).view(1, -1, 1, 1, 1)) * 1.0 / torch.tensor(std).view(1, -1, 1, 1, 1)
-
-
-def process_out(x):
-    mean, std = (WAN21_LATENTS_MEAN, WAN21_LATENTS_STD) if x.shape[1] == 16 else (WAN22_LATENTS_MEAN, WAN22_LATENTS_STD)
-    return x * torch.tensor(std).view(1, -1, 1, 1, 1) / 1.0 + torch.tensor(mean).view(1, -1, 1, 1, 1)
-
-
-def concat_cond(image, mask, batch):
-    """comfy/model_base.py WAN21.concat_cond for an I2V model whose noise matches the image latent."""
-    image = process_in(image).repeat(batch, 1, 1, 1, 1) if image.shape[0] != batch else process_in(image)
-    if mask.shape[1] != 4:
-        mask = torch.mean(mask, dim=1, keepdim=True)
-    mask = 1.0 - mask
-    if mask.shape[1] == 1:
-        mask = mask.repeat(1, 4, 1, 1, 1)
-    mask = mask.repeat(batch, 1, 1, 1, 1) if mask.shape[0] != batch else mask
-    return torch.cat((mask, image), dim=1)
 
 
 # ---- models folder ------------------------------------------------------------------------------------------
@@ -172,20 +124,6 @@ def test_unet_loader_reads_fp16_and_fp8_scaled_files_as_comfyui_detects_them(mod
     assert out["vace"]["MODEL"].config["vace_layers"] == [0]
 
 
-def _comfy_tokens(spiece: bytes, text: str):
-    import sentencepiece as spm
-    sp = spm.SentencePieceProcessor(model_proto=spiece)
-    return sp.encode(text) + [1]
-
-
-def _umt5(encoder, ids, n):
-    mask = torch.zeros(1, len(ids), dtype=torch.long)
-    mask[0, :n] = 1
-    with torch.no_grad():
-        z = encoder(torch.tensor([ids]), attention_mask=mask).last_hidden_state
-    return z * mask.unsqueeze(-1)
-
-
 def test_clip_text_encode_equals_diffusers_prompt_embeds(models, tmp_path):
     """diffusers' WanPipeline._get_t5_prompt_embeds: the encoder's last hidden state of the prompt's tokens
     (EOS included), attention-masked, cut to the prompt and zero-padded to 512 rows. ComfyUI's CLIPTextEncode
@@ -195,7 +133,7 @@ def test_clip_text_encode_equals_diffusers_prompt_embeds(models, tmp_path):
     clip = g.node("CLIPLoader", clip_name="umt5_xxl_fp8_e4m3fn_scaled.safetensors", type="wan", device="default")
     g.node("CLIPTextEncode", id="enc", text=prompt, clip=clip[0])
     cond = run(g, "enc", tmp_path=tmp_path)["enc"]["CONDITIONING"]
-    ids = _comfy_tokens(models.spiece, prompt)
+    ids = comfy_tokens(models.spiece, prompt)
     encoder = models.modules["umt5"]
     with torch.no_grad():
         mask = torch.ones(1, len(ids), dtype=torch.long)
@@ -228,8 +166,8 @@ def test_clip_text_encode_weights_follow_comfyui(models, tmp_path):
     ids += [0] * (512 - n)
     weights += [1.0] * (512 - n)
     encoder = models.modules["umt5"]
-    z = _umt5(encoder, ids, n)[0]
-    z_empty = _umt5(encoder, [1] + [0] * 511, 1)[0]
+    z = umt5(encoder, ids, n)[0]
+    z_empty = umt5(encoder, [1] + [0] * 511, 1)[0]
     for j, w in enumerate(weights):
         if w != 1.0:
             z[j] = (z[j] - z_empty[j]) * w + z_empty[j]
@@ -262,22 +200,8 @@ def test_clip_vision_encode_follows_comfyui_preprocessing(models, tmp_path):
     finally:
         set_input_dir(None)
     clip = models.modules["clip_vision_h.safetensors"]
-    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(3, 1, 1)
-    std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(3, 1, 1)
     for crop in ("center", "none"):
-        x = torch.from_numpy(image).movedim(-1, 1)
-        size = 32
-        if crop == "center":
-            scale = size / min(x.shape[2], x.shape[3])
-            scale_size = (round(scale * x.shape[2]), round(scale * x.shape[3]))
-        else:
-            scale_size = (size, size)
-        x = TF.interpolate(x, size=scale_size, mode="bicubic", antialias=True)
-        h, w = (x.shape[2] - size) // 2, (x.shape[3] - size) // 2
-        x = x[:, :, h:h + size, w:w + size]
-        x = torch.clip(255.0 * x, 0, 255).round() / 255.0
-        with torch.no_grad():
-            ref = clip(pixel_values=(x - mean) / std, output_hidden_states=True).hidden_states[-2].numpy()
+        ref = clip_vision_encode(clip, torch.from_numpy(image), crop).numpy()
         assert rel_err(_np(out[crop]["CLIP_VISION_OUTPUT"]), ref) < TOL
 
 
@@ -320,7 +244,7 @@ def test_wan_image_to_video_equals_comfyui(models, images_in, tmp_path):
     concat = vae_encode(vae_t, image)
     mask = torch.ones((1, 1, 3, concat.shape[-2], concat.shape[-1]))
     mask[:, :, :((start.shape[0] - 1) // 4) + 1] = 0.0
-    ref = concat_cond(concat, mask, 2).numpy()
+    ref = concat_cond((2, 16) + tuple(concat.shape[2:]), 20, concat, mask).numpy()   # batch 2, I2V model
     for cond in (out["positive"], out["negative"]):
         assert rel_err(_np(cond.extras[CONCAT_LATENTS]), ref) < TOL
     latent = out["latent"]
@@ -352,7 +276,7 @@ def test_wan_first_last_frame_to_video_equals_comfyui(models, images_in, tmp_pat
     mask[:, :, -end.shape[0]:] = 0.0
     concat = vae_encode(models.modules["wan_2.1_vae.safetensors"], image)
     mask = mask.view(1, mask.shape[2] // 4, 4, mask.shape[3], mask.shape[4]).transpose(1, 2)
-    ref = concat_cond(concat, mask, 1).numpy()
+    ref = concat_cond((1, 16) + tuple(concat.shape[2:]), 20, concat, mask).numpy()
     assert rel_err(_np(out["positive"].extras[CONCAT_LATENTS]), ref) < TOL
     tokens = _np(out["positive"].image_embeds)
     assert tokens.shape[0] == 2 and np.array_equal(tokens, _np(out["negative"].image_embeds))

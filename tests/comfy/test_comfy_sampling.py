@@ -2,8 +2,8 @@
 nodes/wan/pipelines/comfy_sampling.py) against a replay of ComfyUI's algorithm in torch with
 diffusers' transformer on the same tiny weights and the same torch.manual_seed noise.
 
-The replay is written from ComfyUI's source (comfy/samplers.py KSampler / CFGGuider / KSAMPLER,
-comfy/model_sampling.py CONST + ModelSamplingDiscreteFlow, comfy/extra_samplers/uni_pc.py,
+The replay (tests/comfy/comfy_replay.py) is written from ComfyUI's source (comfy/samplers.py KSampler /
+CFGGuider / KSAMPLER, comfy/model_sampling.py CONST + ModelSamplingDiscreteFlow, comfy/extra_samplers/uni_pc.py,
 comfy/k_diffusion/sampling.py sample_euler, comfy/latent_formats.py Wan21): it shares no code with the
 implementation. The graphs are ComfyUI's: UNETLoader, CLIPLoader, CLIPTextEncode,
 EmptyHunyuanLatentVideo on tiny files in ComfyUI's formats in a temporary models folder.
@@ -17,11 +17,11 @@ import torch
 import mindspore as ms
 
 from graphrt import Executor, GraphBuilder, Interrupted, validate
-from nodes.wan.checkpoints.presets import WAN21_LATENTS_MEAN, WAN21_LATENTS_STD
 from nodes.wan.models.denoiser import WanDenoiser
 from nodes.wan.pipelines import comfy_sampling as C
 from nodes.wan.pipelines.conditioning import CONCAT_LATENTS, FIRST_FRAME_LATENTS, FIRST_FRAME_MASK, WanConditioning
 from nodes.wan.pipelines.vace_conditioning import VACE_CONTROL, VACE_STRENGTH
+from tests.comfy.comfy_replay import comfy_noise, comfy_sigmas, euler, replay, torch_model   # ComfyUI in torch
 from tests.wan.parity import rel_err
 
 ms.set_device("CPU")
@@ -84,133 +84,6 @@ def world(tmp_path_factory):
     model_folders.set_models_dir(models)
     yield dict(root=root, refs=refs, ex=Executor(cache="lru:64", output_dir=root / "out"))
     model_folders.set_models_dir(None)
-
-
-# ---- ComfyUI in torch: the replay --------------------------------------------------------------------
-
-def comfy_sigmas(steps, sampler, denoise=1.0, shift=SHIFT):
-    """ModelSamplingDiscreteFlow's table, the simple scheduler, KSampler.calculate_sigmas / set_steps."""
-    table = (torch.arange(1, 1001, 1) / 1000) * 1000
-    t = table / 1000
-    table = shift * t / (1 + (shift - 1) * t)
-
-    def schedule(n):
-        if sampler == "uni_pc":         # DISCARD_PENULTIMATE_SIGMA_SAMPLERS
-            n += 1
-        ss = len(table) / n
-        s = torch.FloatTensor([float(table[-(1 + int(x * ss))]) for x in range(n)] + [0.0])
-        return torch.cat([s[:-2], s[-1:]]) if sampler == "uni_pc" else s
-
-    if denoise > 0.9999:
-        return schedule(steps)
-    return schedule(int(steps / denoise))[-(steps + 1):]
-
-
-MEAN = torch.tensor(WAN21_LATENTS_MEAN).view(1, 16, 1, 1, 1)
-STD = torch.tensor(WAN21_LATENTS_STD).view(1, 16, 1, 1, 1)
-
-
-def torch_model(ref, pos, neg, cfg):
-    """BaseModel._apply_model (CONST) for cond and uncond, then cfg_function."""
-    def model(x, sigma):
-        t = (sigma * 1000).float()
-        s = sigma.view(-1, 1, 1, 1, 1)
-        with torch.no_grad():
-            dc = x - ref(x, t, pos, return_dict=False)[0].float() * s
-            du = x - ref(x, t, neg, return_dict=False)[0].float() * s
-        return du + (dc - du) * cfg
-    return model
-
-
-def euler(model, x, sigmas):
-    """k-diffusion's sample_euler as ComfyUI runs it (s_churn 0)."""
-    s_in = x.new_ones([x.shape[0]])
-    for i in range(len(sigmas) - 1):
-        denoised = model(x, sigmas[i] * s_in)
-        x = x + (x - denoised) / sigmas[i] * (sigmas[i + 1] - sigmas[i])
-    return x
-
-
-def uni_pc(model, x, sigmas):
-    """comfy/extra_samplers/uni_pc.py sample_unipc (bh1, data prediction, multistep, lower order final)."""
-    if sigmas[-1] == 0:
-        sigmas[-1] = 0.001                          # in place, as ComfyUI (it rescales with it afterwards)
-    lmc = lambda s: 0.5 * torch.log(1 / ((s * s) + 1))                          # noqa: E731
-    std = lambda s: torch.sqrt(1. - torch.exp(2. * lmc(s)))                     # noqa: E731
-    lam = lambda s: lmc(s) - 0.5 * torch.log(1. - torch.exp(2. * lmc(s)))       # noqa: E731
-    dims = lambda v: v[(...,) + (None,) * 4]                                    # noqa: E731
-
-    def data_pred(x, t):
-        s = t.view(-1, 1, 1, 1, 1)
-        inp = x * ((s ** 2 + 1.0) ** 0.5)
-        eps = (inp - model(inp, t)) / s
-        return (x - dims(std(t)) * eps) / dims(torch.exp(lmc(t)))
-
-    def update(x, model_prev, t_prev, t, order, use_corrector):
-        lp0, lt, m0 = lam(t_prev[-1]), lam(t), model_prev[-1]
-        sp0, st, alpha_t = std(t_prev[-1]), std(t), torch.exp(lmc(t))
-        h = lt - lp0
-        rks, d1s = [], []
-        for i in range(1, order):
-            rk = ((lam(t_prev[-(i + 1)]) - lp0) / h)[0]
-            rks.append(rk)
-            d1s.append((model_prev[-(i + 1)] - m0) / rk)
-        rks = torch.tensor(rks + [1.])
-        hh = -h[0]
-        h_phi_1 = torch.expm1(hh)
-        h_phi_k, fact, b_h, R, b = h_phi_1 / hh - 1, 1, hh, [], []
-        for i in range(1, order + 1):
-            R.append(torch.pow(rks, i - 1))
-            b.append(h_phi_k * fact / b_h)
-            fact *= i + 1
-            h_phi_k = h_phi_k / hh - 1 / fact
-        R, b = torch.stack(R), torch.tensor(b)
-        d1s = torch.stack(d1s, dim=1) if d1s else None
-        x_t_ = dims(st / sp0) * x - dims(alpha_t * h_phi_1) * m0
-        pred = 0
-        if d1s is not None:
-            rhos_p = torch.tensor([0.5]) if order == 2 else torch.linalg.solve(R[:-1, :-1], b[:-1])
-            pred = torch.tensordot(d1s, rhos_p, dims=([1], [0]))
-        x_t = x_t_ - dims(alpha_t * b_h) * pred
-        model_t = None
-        if use_corrector:
-            rhos_c = torch.tensor([0.5]) if order == 1 else torch.linalg.solve(R, b)
-            model_t = data_pred(x_t, t)
-            corr = torch.tensordot(d1s, rhos_c[:-1], dims=([1], [0])) if d1s is not None else 0
-            x_t = x_t_ - dims(alpha_t * b_h) * (corr + rhos_c[-1] * (model_t - m0))
-        return x_t, model_t
-
-    x = x / torch.sqrt(1.0 + sigmas[0] ** 2.0)
-    steps, order = len(sigmas) - 1, min(3, len(sigmas) - 2)
-    vec = lambda i: sigmas[i].expand(x.shape[0])                                # noqa: E731
-    for k in range(steps):
-        if k == 0:
-            model_prev, t_prev = [data_pred(x, vec(0))], [vec(0)]
-        elif k < order:
-            x, mx = update(x, model_prev, t_prev, vec(k), k, True)
-            model_prev.append(data_pred(x, vec(k)) if mx is None else mx)
-            t_prev.append(vec(k))
-        else:
-            for step in range(k, k + 1 + (k == steps - 1)):
-                x, mx = update(x, model_prev, t_prev, vec(step), min(order, steps + 1 - step), step != steps)
-                t_prev, model_prev = t_prev[1:] + [vec(step)], model_prev[1:] + model_prev[-1:]
-                if step < steps:
-                    model_prev[-1] = data_pred(x, vec(step)) if mx is None else mx
-    return x / torch.exp(lmc(sigmas[-1]))
-
-
-def replay(model, sampler, sigmas, noise, latent_raw):
-    """CFGGuider.sample + KSAMPLER.sample: process_in (not for an all-zero latent), noise_scaling,
-    the sampler, inverse_noise_scaling with the (possibly changed) last sigma, process_out."""
-    latent = latent_raw if torch.count_nonzero(latent_raw) == 0 else (latent_raw - MEAN) * 1.0 / STD
-    x = sigmas[0] * noise + (1.0 - sigmas[0]) * latent
-    x = (euler if sampler == "euler" else uni_pc)(model, x, sigmas)
-    x = x / (1.0 - sigmas[-1])
-    return x * STD / 1.0 + MEAN
-
-
-def comfy_noise(seed, shape):
-    return torch.randn(shape, generator=torch.manual_seed(seed), dtype=torch.float32)
 
 
 # ---- the graph ---------------------------------------------------------------------------------------
@@ -328,7 +201,7 @@ def test_ti2v_start_frame_as_comfys_noise_mask(tmp_path):
             d = [x - ref(x, t, torch.from_numpy(e), return_dict=False)[0] * sigma for e in (pe, ne)]
         return (d[1] + (d[0] - d[1]) * CFG) * m + clean * (1.0 - m)
 
-    sigmas = comfy_sigmas(steps, "euler")
+    sigmas = comfy_sigmas(steps, "euler", shift=SHIFT)
     x = sigmas[0] * comfy_noise(seed, shape) + (1.0 - sigmas[0]) * clean
     expect = euler(model, x, sigmas) * std / 1.0 + mean
     assert rel_err(ours["samples"].asnumpy(), expect.numpy()) < 1e-4
@@ -375,8 +248,9 @@ def test_ksampler_runs_equal_comfys_algorithm(world, sampler):
     pe, ne = embeds(out)
     model_fn = torch_model(world["refs"][0], pe, ne, CFG)
     shape = (1, 16, 3, HEIGHT // 8, WIDTH // 8)
-    a = replay(model_fn, sampler, comfy_sigmas(STEPS, sampler), comfy_noise(SEED, shape), torch.zeros(shape))
-    b = replay(model_fn, sampler, comfy_sigmas(STEPS, sampler, 0.6), comfy_noise(7, shape), a)
+    a = replay(model_fn, sampler, comfy_sigmas(STEPS, sampler, shift=SHIFT), comfy_noise(SEED, shape),
+               torch.zeros(shape))
+    b = replay(model_fn, sampler, comfy_sigmas(STEPS, sampler, 0.6, SHIFT), comfy_noise(7, shape), a)
     assert rel_err(latent_of(out, "first"), a.numpy()) < 1e-4
     assert rel_err(latent_of(out, "second"), b.numpy()) < 1e-4
 
@@ -418,7 +292,7 @@ def test_wan22_two_experts_chain_as_comfy(world):
 
     pe, ne = embeds(out)
     shape = (1, 16, 3, HEIGHT // 8, WIDTH // 8)
-    sigmas = comfy_sigmas(steps, "euler")
+    sigmas = comfy_sigmas(steps, "euler", shift=SHIFT)
     stage1 = replay(torch_model(world["refs"][0], pe, ne, CFG), "euler", sigmas[:k + 1].clone(),
                     comfy_noise(SEED, shape), torch.zeros(shape))
     stage2 = replay(torch_model(world["refs"][1], pe, ne, CFG), "euler", sigmas[k:].clone(),
@@ -448,7 +322,7 @@ def test_sampler_custom_with_basic_scheduler_equals_ksampler(world):
     custom = g.node("SamplerCustom", model=model[0], add_noise=True, noise_seed=3, cfg=CFG, positive=pos[0],
                     negative=neg[0], sampler=sampler[0], sigmas=sigmas[0], latent_image=lat[0])
     out = run(world, g, [ks.id, custom.id, "sigmas"])
-    np.testing.assert_array_equal(out["sigmas"]["SIGMAS"], comfy_sigmas(STEPS, "euler").numpy())
+    np.testing.assert_array_equal(out["sigmas"]["SIGMAS"], comfy_sigmas(STEPS, "euler", shift=SHIFT).numpy())
     assert np.array_equal(out[custom.id]["output"]["samples"].asnumpy(), latent_of(out, ks.id))
     # denoised_output: the last step's x0, which for euler's final step to sigma 0 is the output itself
     assert rel_err(out[custom.id]["denoised_output"]["samples"].asnumpy(), latent_of(out, ks.id)) < 1e-6
