@@ -2,11 +2,12 @@
 
 ComfyUI itself is not installable here, so each function below re-implements, from ComfyUI's source
 (a125cd84: comfy/latent_formats.py, comfy/utils.py, comfy/sd.py, comfy/clip_vision.py, comfy/sd1_clip.py,
-comfy/model_base.py, comfy/ldm/wan/model.py, comfy/samplers.py, comfy/sample.py, comfy/extra_samplers/uni_pc.py,
-comfy/k_diffusion/sampling.py, comfy/weight_adapter/lora.py, nodes.py, comfy_extras/nodes_wan.py), what
-ComfyUI computes, on the torch modules whose weights the tiny model files hold (tiny_comfy_files.py):
-diffusers' WanTransformer3DModel / WanVACETransformer3DModel and AutoencoderKLWan stand in for ComfyUI's
-WanModel / VaceWanModel and WanVAE, transformers' UMT5 / CLIP vision for its text and vision encoders.
+comfy/model_base.py, comfy/ldm/wan/model.py, comfy/samplers.py, comfy/sample.py, comfy/sampler_helpers.py,
+comfy/extra_samplers/uni_pc.py, comfy/k_diffusion/sampling.py, comfy/weight_adapter/lora.py, nodes.py,
+comfy_extras/nodes_wan.py, comfy_extras/nodes_hunyuan.py), what ComfyUI computes, on the torch modules whose
+weights the tiny model files hold (tiny_comfy_files.py): diffusers' WanTransformer3DModel /
+WanVACETransformer3DModel and AutoencoderKLWan stand in for ComfyUI's WanModel / VaceWanModel and its Wan2.1 /
+Wan2.2 VAEs, transformers' UMT5 / CLIP vision for its text and vision encoders.
 Nothing here imports the implementation under test (nodes/comfy, nodes/wan/pipelines).
 
 `ComfyReplay` runs a whole ComfyUI workflow (API format, as graphrt's Workflow.load gives it) node by node
@@ -26,11 +27,8 @@ from nodes.wan.checkpoints.presets import WAN21_LATENTS_MEAN, WAN21_LATENTS_STD,
 
 # ---- latent formats, images, VAE ----------------------------------------------------------------------------
 
-MEAN = torch.tensor(WAN21_LATENTS_MEAN).view(1, 16, 1, 1, 1)
-STD = torch.tensor(WAN21_LATENTS_STD).view(1, 16, 1, 1, 1)
-
-
 def _mean_std(channels):
+    """comfy/latent_formats.py Wan21 (16 channels) / Wan22 (48) latents_mean and latents_std (the presets' values)."""
     mean, std = (WAN21_LATENTS_MEAN, WAN21_LATENTS_STD) if channels == 16 else (WAN22_LATENTS_MEAN, WAN22_LATENTS_STD)
     return torch.tensor(mean).view(1, -1, 1, 1, 1), torch.tensor(std).view(1, -1, 1, 1, 1)
 
@@ -44,6 +42,12 @@ def process_in(x):
 def process_out(x):
     mean, std = _mean_std(x.shape[1])
     return x * std / 1.0 + mean
+
+
+def latent_channels(transformer):
+    """The model's latent format: Wan22 (48 channels) for the TI2V-5B (supported_models.py WAN22_T2V,
+    out_dim 48), else Wan21 (16)."""
+    return 48 if transformer.config.out_channels == 48 else 16
 
 
 def common_upscale(s, width, height, method="bilinear", crop="center"):
@@ -212,19 +216,38 @@ def model_inputs(transformer, cond, noise_shape):
     return inputs
 
 
-def wan_model(transformer, positive, negative, cfg, noise_shape):
+def wan22_timesteps(transformer, denoise_mask, t, noise_shape):
+    """comfy/model_base.py WAN22.process_timestep: one timestep per latent frame, the denoise mask's mean over
+    (channels, h, w) times t ([B, T]; 0 on a known frame). ComfyUI's WanModel embeds them per frame and
+    repeats each frame's modulation over the frame's tokens (comfy/ldm/wan/model.py repeat_e); diffusers'
+    module takes the same as one timestep per token ([B, T·h/2·w/2])."""
+    per_frame = (torch.mean(denoise_mask, dim=(1, 3, 4), keepdim=True)
+                 * t.view([t.shape[0]] + [1] * (denoise_mask.ndim - 1))).reshape(t.shape[0], -1)
+    _, ph, pw = transformer.config.patch_size
+    return per_frame.repeat_interleave((noise_shape[-2] // ph) * (noise_shape[-1] // pw), dim=1)
+
+
+def wan_model(transformer, positive, negative, cfg, noise_shape, denoise_mask=None):
     """samplers.py sampling_function (at cfg 1 the uncond pass is skipped: calc_cond_batch gives 0 for it)
     and cfg_function, over BaseModel._apply_model for CONST / ModelSamplingDiscreteFlow:
-    denoised = x - model(cat(x, c_concat), sigma * 1000, ...) * sigma."""
+    denoised = x - model(cat(x, c_concat), sigma * 1000, ...) * sigma. `denoise_mask` (the LATENT's noise
+    mask as prepare_mask shapes it) reaches WAN22's extra_conds and process_timestep (TI2V-5B only)."""
     assert len(positive) == 1 and len(negative) == 1, "one conditioning entry each (no area / combine)"
     conds = [model_inputs(transformer, positive[0], noise_shape), model_inputs(transformer, negative[0], noise_shape)]
+    if denoise_mask is not None:
+        # WAN21 models take a denoise mask as concat_cond's mask and scale_latent_inpaint re-noises the known
+        # part (BaseModel): not replayed
+        assert latent_channels(transformer) == 48, "a noise mask on a WAN21 model is not replayed"
 
     def denoised(inputs, x, sigma):
         inputs = dict(inputs)
         c_concat = inputs.pop("c_concat")
         xc = x if c_concat is None else torch.cat([x, c_concat], dim=1)
+        t = (sigma * 1000).float()
+        if denoise_mask is not None:
+            t = wan22_timesteps(transformer, denoise_mask, t, noise_shape)
         with torch.no_grad():
-            out = transformer(xc, (sigma * 1000).float(), return_dict=False, **inputs)[0].float()
+            out = transformer(xc, t, return_dict=False, **inputs)[0].float()
         return x - out * sigma.view(-1, 1, 1, 1, 1)
 
     def model(x, sigma):
@@ -351,24 +374,61 @@ def uni_pc(model, x, sigmas):
 SAMPLERS = {"euler": euler, "uni_pc": uni_pc}
 
 
-def replay(model, sampler, sigmas, noise, latent_raw):
+def x0_inpaint(model, denoise_mask, latent_image):
+    """samplers.py KSamplerX0Inpaint around the model, for WAN22 (whose scale_latent_inpaint hands the latent
+    image back as is): the known part of x set to the clean latent before the call, and of the result after."""
+    latent_mask = 1.0 - denoise_mask
+
+    def model_k(x, sigma):
+        x = x * denoise_mask + latent_image * latent_mask
+        out = model(x, sigma)
+        return out * denoise_mask + latent_image * latent_mask
+    return model_k
+
+
+def replay(model, sampler, sigmas, noise, latent_raw, denoise_mask=None):
     """CFGGuider.sample + KSAMPLER.sample: process_in (not for an all-zero latent), noise_scaling,
-    the sampler, inverse_noise_scaling with the (possibly changed) last sigma, process_out."""
-    latent = latent_raw if torch.count_nonzero(latent_raw) == 0 else (latent_raw - MEAN) * 1.0 / STD
+    KSamplerX0Inpaint under a denoise mask, the sampler, inverse_noise_scaling with the (possibly changed) last
+    sigma, process_out (Wan21 or Wan22 by the latent's channels)."""
+    latent = latent_raw if torch.count_nonzero(latent_raw) == 0 else process_in(latent_raw)
+    if denoise_mask is not None:
+        model = x0_inpaint(model, denoise_mask, latent)
     x = sigmas[0] * noise + (1.0 - sigmas[0]) * latent
     x = SAMPLERS[sampler](model, x, sigmas)
     x = x / (1.0 - sigmas[-1])
-    return x * STD / 1.0 + MEAN
+    return process_out(x)
+
+
+def reshape_mask(mask, shape):
+    """comfy/utils.py reshape_mask (3 latent dims) as sampler_helpers.prepare_mask uses it: trilinear to the
+    noise's (T, h, w), channels repeated, then the batch."""
+    if mask.ndim < 5:
+        mask = mask.reshape((1, 1, -1, mask.shape[-2], mask.shape[-1]))
+    mask = TF.interpolate(mask, size=tuple(shape[2:]), mode="trilinear")
+    if mask.shape[1] < shape[1]:
+        mask = mask.repeat((1, shape[1], 1, 1, 1))[:, :shape[1]]
+    return mask.repeat(math.ceil(shape[0] / mask.shape[0]), 1, 1, 1, 1)[:shape[0]]
+
+
+def fix_empty_latent_channels(transformer, latent_image):
+    """comfy/sample.py fix_empty_latent_channels: an all-zero latent gets the model's latent channels."""
+    channels = latent_channels(transformer)
+    if channels != latent_image.shape[1] and torch.count_nonzero(latent_image) == 0:
+        latent_image = latent_image.repeat(1, math.ceil(channels / latent_image.shape[1]), 1, 1, 1)[:, :channels]
+    return latent_image
 
 
 def ksampler(model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent, denoise=1.0,
              disable_noise=False, start_step=None, last_step=None, force_full_denoise=False):
     """nodes.py common_ksampler -> comfy/sample.py sample -> samplers.py KSampler.sample: the noise (zeros
     without add_noise), the sigmas cut to [start_step, last_step] (the last set to 0 by force_full_denoise),
-    the input latent handed back when start_step is past the end."""
-    assert scheduler == "simple" and "noise_mask" not in latent, "not replayed"
-    latent_image = latent["samples"]
+    the input latent handed back when start_step is past the end; a LATENT's noise_mask (prepare_mask'ed) goes
+    to KSamplerX0Inpaint and the model."""
+    assert scheduler == "simple", "not replayed"
+    latent_image = fix_empty_latent_channels(model["module"], latent["samples"])
     noise = torch.zeros(latent_image.shape) if disable_noise else comfy_noise(seed, latent_image.shape)
+    noise_mask = latent.get("noise_mask")
+    denoise_mask = None if noise_mask is None else reshape_mask(noise_mask, noise.shape)
     sigmas = comfy_sigmas(steps, sampler_name, denoise, model["shift"])
     if last_step is not None and last_step < len(sigmas) - 1:
         sigmas = sigmas[:last_step + 1]
@@ -379,8 +439,8 @@ def ksampler(model, seed, steps, cfg, sampler_name, scheduler, positive, negativ
             sigmas = sigmas[start_step:]
         else:
             return latent_image
-    fn = wan_model(model["module"], positive, negative, cfg, tuple(noise.shape))
-    return replay(fn, sampler_name, sigmas.clone(), noise, latent_image)
+    fn = wan_model(model["module"], positive, negative, cfg, tuple(noise.shape), denoise_mask)
+    return replay(fn, sampler_name, sigmas.clone(), noise, latent_image, denoise_mask)
 
 
 # ---- LoRA ---------------------------------------------------------------------------------------------------
@@ -636,6 +696,26 @@ class ComfyReplay:
         positive, negative = _set_values(positive, values, True), _set_values(negative, values, True)
         latent = torch.zeros([batch, 16, latent_length, height // 8, width // 8])
         return positive, negative, {"samples": latent}, trim_latent
+
+    def node_Wan22ImageToVideoLatent(self, node):
+        vae, start_image = self.get(node, "vae"), self.get(node, "start_image")
+        width, height, length, batch = (self.get(node, k) for k in ("width", "height", "length", "batch_size"))
+        latent = torch.zeros([1, 48, ((length - 1) // 4) + 1, height // 16, width // 16])
+        if start_image is None:
+            return ({"samples": latent},)
+        mask = torch.ones([latent.shape[0], 1, ((length - 1) // 4) + 1, latent.shape[-2], latent.shape[-1]])
+        start_image = upscale_images(start_image[:length], width, height)
+        latent_temp = vae_encode(vae, start_image)
+        latent[:, :, :latent_temp.shape[-3]] = latent_temp
+        mask[:, :, :latent_temp.shape[-3]] *= 0.0
+        latent = process_out(latent) * mask + latent * (1.0 - mask)         # latent_formats.Wan22().process_out
+        return ({"samples": latent.repeat((batch,) + (1,) * (latent.ndim - 1)),
+                 "noise_mask": mask.repeat((batch,) + (1,) * (mask.ndim - 1))},)
+
+    # comfy_extras/nodes_hunyuan.py
+    def node_EmptyHunyuanLatentVideo(self, node):
+        width, height, length, batch = (self.get(node, k) for k in ("width", "height", "length", "batch_size"))
+        return ({"samples": torch.zeros([batch, 16, ((length - 1) // 4) + 1, height // 8, width // 8])},)
 
     def node_TrimVideoLatent(self, node):
         samples = self.get(node, "samples")
