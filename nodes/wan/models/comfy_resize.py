@@ -2,7 +2,7 @@
 
 ComfyUI resizes IMAGE / MASK tensors with `torch.nn.functional.interpolate` on float data
 (no 8-bit round trip, except "lanczos", which goes through PIL at 8 bits), so its numbers differ
-from diffusers' PIL-based processors. The helpers here follow torch's CPU kernels:
+from those of diffusers' PIL-based processors. The helpers here follow torch's CPU kernels:
 
 - "bilinear": align_corners=False, half-pixel centres, source clamped at 0, no antialiasing;
 - "bicubic": Keys cubic with A = -0.75, indices clamped at the borders, no antialiasing;
