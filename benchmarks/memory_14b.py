@@ -67,32 +67,8 @@ def random_bf16_bits(rng, n: int, fan_in: int) -> np.ndarray:
 
 def write_bf16_transformer(folder: Path, config: dict, seed: int = 0) -> int:
     """A diffusers transformer folder whose weights are random bf16; returns the file's size."""
-    import mindspore as ms
     from nodes.wan.models.transformer import WanTransformer3DModel
-    model = WanTransformer3DModel.from_config(config, dtype=ms.float32)   # shapes only: nothing is allocated
-    shapes = {n: tuple(p.shape) for n, p in model.parameters_and_names()}
-    del model
-    header, offset = {}, 0
-    for name in sorted(shapes):
-        n = int(np.prod(shapes[name]))
-        header[name] = {"dtype": "BF16", "shape": list(shapes[name]), "data_offsets": [offset, offset + 2 * n]}
-        offset += 2 * n
-    header["__metadata__"] = {"format": "pt"}
-    hbytes = json.dumps(header, separators=(",", ":")).encode()
-    hbytes += b" " * (-len(hbytes) % 8)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(config))
-    rng = np.random.default_rng(seed)
-    path = folder / "diffusion_pytorch_model.safetensors"
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(hbytes)))
-        f.write(hbytes)
-        for name in sorted(shapes):
-            shape = shapes[name]
-            n, fan_in = int(np.prod(shape)), int(np.prod(shape[1:])) if len(shape) > 1 else 1
-            for start in range(0, n, CHUNK):
-                random_bf16_bits(rng, min(CHUNK, n - start), fan_in).tofile(f)
-    return path.stat().st_size
+    return write_bf16_cell(folder, WanTransformer3DModel, config, "diffusion_pytorch_model", seed)
 
 
 def n_params(config: dict) -> int:
@@ -240,8 +216,10 @@ WAN21_VAE = {"_class_name": "AutoencoderKLWan", "base_dim": 96, "z_dim": 16, "di
 
 
 def write_bf16_cell(folder: Path, cls, config: dict, name: str, seed: int) -> int:
+    """`folder/name.safetensors` (+ config.json) with random bf16 weights of the shapes `cls` has for
+    `config`, written chunk by chunk (nothing of the model's size is held); returns the file's size."""
     import mindspore as ms
-    model = cls.from_config(config, dtype=ms.float32)
+    model = cls.from_config(config, dtype=ms.float32)   # shapes only: nothing is allocated
     shapes = {n: tuple(p.shape) for n, p in model.parameters_and_names()}
     del model
     header, offset = {}, 0
@@ -249,12 +227,14 @@ def write_bf16_cell(folder: Path, cls, config: dict, name: str, seed: int) -> in
         size = int(np.prod(shapes[n]))
         header[n] = {"dtype": "BF16", "shape": list(shapes[n]), "data_offsets": [offset, offset + 2 * size]}
         offset += 2 * size
+    header["__metadata__"] = {"format": "pt"}
     hbytes = json.dumps(header, separators=(",", ":")).encode()
     hbytes += b" " * (-len(hbytes) % 8)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(config))
     rng = np.random.default_rng(seed)
-    with open(folder / f"{name}.safetensors", "wb") as f:
+    path = folder / f"{name}.safetensors"
+    with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(hbytes)))
         f.write(hbytes)
         for n in sorted(shapes):
@@ -262,7 +242,7 @@ def write_bf16_cell(folder: Path, cls, config: dict, name: str, seed: int) -> in
             size, fan_in = int(np.prod(shape)), int(np.prod(shape[1:])) if len(shape) > 1 else 1
             for start in range(0, size, CHUNK):
                 random_bf16_bits(rng, min(CHUNK, size - start), fan_in).tofile(f)
-    return offset
+    return path.stat().st_size
 
 
 def run_workflows(tmp: Path, size: str, te_dtype: str, offloads: list[str]):
