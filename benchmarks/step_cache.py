@@ -4,10 +4,11 @@ Block Cache (`nodes/wan/pipelines/step_cache.py`).
 
 MagCache's ratios come from a calibration run (`step_cache_calibration.calibrate`) on *another*
 noise seed, as a user calibrates once and reuses: the published ratios describe trained weights,
-not these random ones. `--calibrate-frames 5` calibrates on a 5-frame clip at the same width, height
-and schedule: MagCache ships one table per model for every size, and at 160x96 the ratios from 5 and
-17 frames differ by at most 0.005 and skip the same steps. Then the uncached and cached samplings run in alternating pairs (the order
-alternating too, against this shared machine's slow and fast stretches): the speed-up printed is
+not these random ones. `--calibrate-frames 5` calibrates on a 5-frame clip at the same width,
+height and schedule: MagCache ships one table per model for every size, and at 160x96 the ratios
+from 5 and 17 frames differ by at most 0.005 and skip the same steps. Then the uncached and cached
+samplings run in alternating pairs (the order alternating too, against this shared machine's slow
+and fast stretches): the speed-up printed is
 the median of the per-pair ratios of wall time, and of this process's CPU time, which other jobs on
 the machine inflate less. Quality: PSNR of each cached final latent against the uncached
 one, 10·log10(range² / MSE) with range = max - min of the uncached latent.
