@@ -116,7 +116,9 @@ def test_memory_mapped_reads_equal_the_stored_values(tmp_path):
         out = np.full(got.shape, np.nan, np.float32)
         assert st.read_into(key, out)
         assert np.array_equal(out.view(np.uint32), np.asarray(got, np.float32).view(np.uint32)), key
-    assert not st.read_into("b", np.zeros((5, 7), np.float16))   # bf16 into half: not offered
+    half = np.zeros((5, 7), np.float16)
+    assert st.read_into("b", half) and np.array_equal(half, st.get("b").astype(np.float16))   # bf16 into half
+    assert not st.read_into("b", np.zeros((5, 7), np.float64))                                  # not offered
 
 
 # -- streamed == resident, bit for bit -------------------------------------------------------------------------------

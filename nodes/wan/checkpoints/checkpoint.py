@@ -155,11 +155,20 @@ def load_into(cell: ms.nn.Cell, ckpt: Checkpoint | Mapping[str, np.ndarray], dty
     keep_fp32 = tuple(keep_fp32)
     src_of = check_fit(cell, ckpt, key_map, ignore_unexpected, source)
     get = ckpt.get if callable(getattr(ckpt, "shape", None)) else ckpt.__getitem__
+    read_into = getattr(ckpt, "read_into", None)
     for name, param in cell.parameters_and_names():
         if skip is not None and skip(name):
             continue
-        arr = np.asarray(get(src_of[name]))
-        t = as_tensor(arr, param_dtype(name, dtype, keep_fp32))
+        target = param_dtype(name, dtype, keep_fp32)
+        arr, owned = None, False
+        if read_into is not None and target in (ms.float32, ms.float16):
+            # straight into the parameter's own host memory: a float32 copy of UMT5's 1 GB-element
+            # embedding on its way to float16, and a second copy for the Tensor, would add 6 GB
+            arr = np.empty(tuple(param.shape), np.float16 if target == ms.float16 else np.float32)
+            owned = read_into(src_of[name], arr)
+        if not owned:
+            arr = np.asarray(get(src_of[name]))
+        t = as_tensor(arr, target, share=owned)
         param.set_data(t)
         del arr, t
     return src_of

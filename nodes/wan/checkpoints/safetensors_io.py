@@ -171,33 +171,55 @@ class SafetensorsFile:
             self._forget_pages(start, self._base + b)
 
     def read_into(self, key, out: np.ndarray) -> bool:
-        """Widen tensor `key` into `out` (C-contiguous, its shape; float32, or float16 for an F16
-        tensor) as `get` would, without allocating; False if this dtype pair is not supported."""
+        """Widen tensor `key` into `out` (C-contiguous, its shape; float32 or float16) as `get`
+        would, without allocating `out`'s size again: `_CHUNK` elements at a time, each chunk's
+        mapped pages dropped once read (so the stored bytes and `out` are never both resident);
+        BF16 / FP8 / F32 into float16 go through a float32 chunk, rounded as
+        `get(key).astype(float16)`. False if this dtype pair is not supported."""
         ent = self._entries[key]
         dt = ent["dtype"]
         if tuple(out.shape) != tuple(ent["shape"]) or not out.flags.c_contiguous:
             return False
-        if out.dtype == np.float32 and dt not in ("BF16", "F32", "F16", *_FP8):
-            return False
-        if out.dtype == np.float16 and dt != "F16" or out.dtype not in (np.float32, np.float16):
+        if out.dtype not in (np.float32, np.float16) or dt not in ("BF16", "F32", "F16", *_FP8):
             return False
         a, b = ent["data_offsets"]
         start = self._base + a
         if b <= a:
             return True
         raw = np.frombuffer(self._mapped(), dtype=np.uint8, count=b - a, offset=start)
-        flat = out.reshape(-1)
+        flat, width = out.reshape(-1), _WIDTH[dt]
+        direct = out.dtype == np.float32 or dt == "F16"
+        scratch = None if direct else np.empty(min(_CHUNK, flat.size), np.float32)
         try:
-            if dt == "BF16":
-                np.left_shift(raw.view(np.uint16), 16, out=flat.view(np.uint32), dtype=np.uint32)
-            elif dt in _FP8:
-                np.take(_FP8[dt], raw, out=flat)
-            else:
-                flat[...] = raw.view(_PLAIN[dt])
+            for i in range(0, flat.size, _CHUNK):
+                n = min(_CHUNK, flat.size - i)
+                src = raw[i * width:(i + n) * width]
+                if direct:
+                    _widen_into(src, dt, flat[i:i + n])
+                else:
+                    _widen_into(src, dt, scratch[:n])
+                    flat[i:i + n] = scratch[:n]
+                del src
+                self._forget_pages(start + i * width, start + (i + n) * width)
         finally:
             del raw
             self._forget_pages(start, self._base + b)
         return True
+
+
+# elements `read_into` converts at a time (16 MB in float32)
+_CHUNK = 1 << 22
+
+
+def _widen_into(raw: np.ndarray, dt: str, out: np.ndarray) -> None:
+    """The stored bytes `raw` of dtype `dt` into `out` (1-D, their element count; float32, or
+    float16 for F16)."""
+    if dt == "BF16":   # only ever into float32: float16 goes through a float32 chunk
+        np.left_shift(raw.view(np.uint16), 16, out=out.view(np.uint32), dtype=np.uint32)
+    elif dt in _FP8:
+        np.take(_FP8[dt], raw, out=out)
+    else:
+        out[...] = raw.view(_PLAIN[dt])
 
 
 _DONTNEED = hasattr(mmap, "MADV_DONTNEED") and hasattr(mmap.mmap, "madvise")
