@@ -15,11 +15,15 @@ Each measurement runs in its own process, so peak RSS (VmHWM) is that run's alon
 
     python benchmarks/memory_14b.py [--layers 40] [--pairs 3] [--skip-14b] [--workflow | --workflow-only]
                                     [--size 832x480x81] [--te-dtype float32] [--offloads none,blocks]
+                                    [--memory-budget 16GB]
 
 `--workflow` also runs the whole 1.3B T2V workflow (random weights: UMT5-XXL text encoder, 1.3B
 transformer, Wan2.1 VAE; `--size 832x480x81`, 1 step) with offload "none" and "blocks" and prints
-each run's peak RSS and the resident set after the text encodes, after denoising (the text encoder
-released when the transformer needs the room) and after decoding.
+each run's peak RSS, the resident set after the text encodes, after denoising and after decoding,
+and the highest resident set sampled while each node ran, so the node that set the peak is named.
+Models are kept while they fit the memory budget (`--memory-budget`, default: available RAM minus
+a margin) and released when another model or a forward's working memory needs the room: the peak
+is bounded by the budget, and a tighter budget releases the text encoder sooner.
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -131,7 +136,12 @@ def main():
                                                           "22.8 GB: on a 24 GB machine use float16, 13.4 GB)")
     ap.add_argument("--offloads", default="none,blocks", help="the workflow's transformer offload modes to run")
     ap.add_argument("--dir", default=None, help="where the temporary files go (default: the system's temp dir)")
+    ap.add_argument("--memory-budget", default=None, help="the runs' memory budget, e.g. 16GB (default: available RAM "
+                                                          "minus a margin, as `python -m graphrt run`)")
     a = ap.parse_args()
+    if a.memory_budget:
+        from nodes.wan.backend import memory
+        memory.set_memory_budget(a.memory_budget)      # through the environment, so the child runs have it
     if a.child is not None:
         kind, *rest = a.child
         if kind == "forward":
@@ -272,7 +282,9 @@ def run_workflows(tmp: Path, size: str, te_dtype: str, offloads: list[str]):
         print(f"workflow {size}, 1 step, offload={offload}: peak RSS {gb(r['peak_rss'])}; resident set after the "
               f"text encodes {gb(r['rss_after_text'])}, after denoising {gb(r['rss_after_denoise'])}, after decoding "
               f"{gb(r['rss_after_decode'])}; released: {'; '.join(r['released']) or 'nothing'}; {r['seconds']:.0f} s; "
-              f"node seconds: {', '.join(f'{k} {v:.0f}' for k, v in r['node_seconds'].items())}", flush=True)
+              f"node seconds: {', '.join(f'{k} {v:.0f}' for k, v in r['node_seconds'].items())}; memory budget "
+              f"{gb(r['budget'])}; resident set's peak while each node ran (sampled every 0.1 s): "
+              f"{', '.join(f'{k} {gb(v)}' for k, v in r['node_peak_rss'].items())}", flush=True)
 
 
 def child_workflow(pipe: str, offload: str, size: str, te_dtype: str = "float32") -> dict:
@@ -297,14 +309,27 @@ def child_workflow(pipe: str, offload: str, size: str, te_dtype: str = "float32"
     ex = Executor(cache="last-run", output_dir=str(Path(pipe).parent / "out"))
     names = {"WanTextEncode": "text", "WanDenoise": "denoise", "WanVAEDecode": "decode"}
 
+    running, node_peak, done = ["start"], {}, threading.Event()
+
     def on_event(ev):
+        if ev.type == "node_started":
+            running[0] = f"{ev.class_type}#{ev.node_id}"
         if ev.type == "node_finished" and ev.class_type in names:
             rss[names[ev.class_type]] = memory.rss()
     ex.subscribe(on_event)
+
+    def sample():        # the resident set's highest value seen while each node ran (every 0.1 s)
+        while not done.wait(0.1):
+            node_peak[running[0]] = max(node_peak.get(running[0], 0), memory.rss())
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     t0 = time.perf_counter()
     result = ex.run(g.to_workflow())
+    done.set()
+    sampler.join()
     return {"peak_rss": _peak_rss(), "rss_after_text": rss.get("text", 0), "rss_after_denoise": rss.get("denoise", 0),
             "rss_after_decode": rss.get("decode", 0), "seconds": time.perf_counter() - t0,
+            "budget": memory.memory_budget(), "node_peak_rss": node_peak,
             "released": [f"{n} ({gb(b)})" for n, b in residency.released_log],
             "node_seconds": {f"{r.class_type}#{nid}": r.seconds or 0.0 for nid, r in result.report.items()}}
 

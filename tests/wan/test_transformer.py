@@ -307,3 +307,38 @@ def test_non_cpu_paths_match_diffusers(models, monkeypatch, name):
     img = rng.standard_normal((2, 7, 24)).astype(np.float32) if name == "i2v" else None
     o, r = run_both(ref, ours, x, t, ctx, img)
     assert rel_err(o, r) < TOL
+
+
+@pytest.mark.parametrize("room", ["none", "plenty"])
+@pytest.mark.parametrize("name", ["t2v", "i2v"])
+def test_chunked_self_attention_between_two_graphs_equals_one_graph(models, name, room, monkeypatch):
+    """A self-attention split into score chunks runs eagerly between two graphs when the budget has no room
+    for one graph over all its chunks, else inside the block's graph: the same numbers either way, equal to
+    diffusers."""
+    from nodes.wan.backend import memory
+    from nodes.wan.models import attention, transformer as transformer_mod
+    from nodes.wan.models.transformer_block import AttentionOutsideGraph
+    cfg = CONFIGS[name]
+    x, ctx, rng = inputs(cfg, 2, 5, 4, 6)     # 30 tokens: a shape no other test compiles (a graph keeps its chunking)
+    budget = 2 * 2 * 30 * 4 * 7               # 7 query rows of scores per chunk: 5 chunks
+    monkeypatch.setattr(attention, "SCORE_BUDGET_BYTES", budget)
+    monkeypatch.setattr(transformer_mod, "SCORE_BUDGET_BYTES", budget)
+    monkeypatch.setattr(memory, "room", (lambda: 0) if room == "none" else (lambda: 1 << 40))
+    img = rng.standard_normal((2, 7, 24)).astype(np.float32) if name == "i2v" else None
+    t = np.array([999, 500], np.int64)
+    ref, _, folder = models[name]
+    model = load_transformer(folder, subfolder=None).compile()
+    chosen = []
+    real = type(model)._compiled_block_fn
+    monkeypatch.setattr(type(model), "_compiled_block_fn", lambda self, b, x: chosen.append(real(self, b, x)) or chosen[-1])
+    args = (ms.Tensor(x), ms.Tensor(t), ms.Tensor(ctx), None if img is None else ms.Tensor(img))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")      # a failed compile falls back to eager with a warning
+        out = model(*args).asnumpy()
+    split = [isinstance(fn, AttentionOutsideGraph) for fn in chosen]
+    assert len(split) == len(model.blocks) and all(split) == (room == "none") and any(split) == (room == "none")
+    monkeypatch.setattr(model, "_jit_blocks", None)
+    eager = model(*args).asnumpy()
+    assert np.abs(out - eager).max() <= 1e-5 * np.abs(eager).max()
+    _, r = run_both(ref, model, x, t, ctx, img)
+    assert rel_err(out, r) < TOL

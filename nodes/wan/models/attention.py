@@ -22,6 +22,18 @@ _bmm_tb = ops.BatchMatMul(transpose_b=True)
 _bmm = ops.BatchMatMul()
 
 
+def score_rows(b: int, h: int, lk: int) -> int:
+    """Query rows per chunk of the math path: the most whose float32 scores fit SCORE_BUDGET_BYTES."""
+    return max(1, SCORE_BUDGET_BYTES // max(1, b * h * lk * 4))
+
+
+def graph_score_nbytes(b: int, h: int, lq: int, lk: int) -> int:
+    """Score memory of the math path compiled into one graph, which plans all its chunks together:
+    twice their total (measured 1.2x at 64 MB chunks, 0.4-0.75x at 512 MB)."""
+    rows = score_rows(b, h, lk)
+    return 2 * -(-lq // rows) * min(SCORE_BUDGET_BYTES, b * h * rows * lk * 4)
+
+
 def _math_attention(q, k, v, scale, bias):
     b, h, lq, d = q.shape
     lk = k.shape[2]
@@ -31,7 +43,7 @@ def _math_attention(q, k, v, scale, bias):
     vf = v.reshape(b * h, lk, v.shape[-1])
     if bias is not None:
         bias = expand_to(bias, (b, h, lq, lk)).reshape(b * h, lq, lk)   # CPU: same-shape adds are faster
-    rows = max(1, SCORE_BUDGET_BYTES // max(1, b * h * lk * 4))
+    rows = score_rows(b, h, lk)
     outs = []
     for start in range(0, lq, rows):
         stop = min(lq, start + rows)

@@ -17,9 +17,11 @@ from .layers import badd, bmul, expand_to, param_init, LayerNorm, Linear, RMSNor
 from .rope import rope_cos_sin, rope_pair_rotation, timestep_sinusoid
 from ..backend import onednn
 from ..backend.runtime import device
-from .transformer_block import CPU_FFN_OFFLOAD_MIN_ROWS, finish_on_cpu, make_block_fn, onednn_matmuls
-from .attention import SCORE_BUDGET_BYTES
+from .transformer_block import (CPU_FFN_OFFLOAD_MIN_ROWS, attention_outside_graph, finish_on_cpu, make_block_fn,
+                                onednn_matmuls)
+from .attention import SCORE_BUDGET_BYTES, graph_score_nbytes, score_rows
 from .residency import reserve_working
+from ..backend import memory
 
 
 class FeedForward(nn.Cell):
@@ -85,7 +87,9 @@ class WanTransformerBlock(nn.Cell):
         self.scale_shift_table = Parameter(param_init("zeros", (1, 6, dim), ms.float32), name="scale_shift_table")
         # Decided here, not per call: graph mode (ms.jit) cannot query the device.
         fused = device() == "Ascend" and dtype in (ms.float16, ms.bfloat16)
-        self.fn = make_block_fn(heads, eps, cross_attn_norm, added_kv_proj_dim is not None, fused)
+        self.heads, self.fused_attention = heads, fused
+        self.fn_config = (heads, eps, cross_attn_norm, added_kv_proj_dim is not None, fused)
+        self.fn = make_block_fn(*self.fn_config)
         # The compiled variant for long sequences leaves the FFN to oneDNN (`finish_on_cpu`).
         self.fn_ffn_outside = (make_block_fn(heads, eps, cross_attn_norm, added_kv_proj_dim is not None, fused, True)
                                if onednn_matmuls(dtype) else None)
@@ -199,6 +203,8 @@ class WanTransformer3DModel(nn.Cell):
         self.config: dict = {}
         self._jit_blocks = None
         self._jit_blocks_ffn = None
+        self._jit_blocks_split = self._jit_blocks_split_ffn = None
+        self._attention_room, self._split_plan = None, {}     # set per forward by `_prepare_forward`
         self._active_patch = None
         self._rope_cache: dict = {}
         self._rot = ms.Tensor(rope_pair_rotation(attention_head_dim))
@@ -218,12 +224,43 @@ class WanTransformer3DModel(nn.Cell):
     def compile(self):
         """Run the transformer blocks under `ms.jit`: one graph, compiled once per latent shape
         and shared by all blocks (their weights are its inputs); memory stays that of one
-        block's intermediates. On CPU, long sequences take the variant whose FFN runs in oneDNN."""
+        block's intermediates. On CPU, long sequences take the variant whose FFN runs in oneDNN,
+        and self-attention too long for the budget runs between two graphs (`_compiled_block_fn`)."""
         first = self.blocks[0] if len(self.blocks) else None
         self._jit_blocks = _compiled(first.fn) if first is not None else None
         self._jit_blocks_ffn = (_compiled(first.fn_ffn_outside)
                                 if first is not None and first.fn_ffn_outside is not None else None)
+        # Sequences whose self-attention is chunked: the attention runs between two graphs.
+        self._jit_blocks_split = attention_outside_graph(*first.fn_config) if first is not None else None
+        self._jit_blocks_split_ffn = (attention_outside_graph(*first.fn_config, True)
+                                      if self._jit_blocks_ffn is not None else None)
         return self
+
+    def _prepare_forward(self, latent_shape):
+        """Before a forward: reserve its working memory (releasing models not in use if the budget
+        needs it) and decide afresh how long self-attention is compiled (`_compiled_block_fn`)."""
+        working = self.working_nbytes(latent_shape)
+        reserve_working(working, self.block_stream or self)
+        self._attention_room, self._split_plan = memory.room() - working, {}
+
+    def _compiled_block_fn(self, block, x):
+        """The compiled function for a block on tokens x [B, L, D]. The whole block is one graph,
+        unless its self-attention is split into score chunks that the budget's room cannot hold
+        all at once: one graph plans its chunks together (the 1.3B block at 15,600 tokens peaked
+        at 13.8 GB compiled whole, 5.6 GB split), so then the attention runs eagerly between two
+        graphs (`AttentionOutsideGraph`: the same numbers, 1.07-1.13x the time at 7,800-15,600
+        tokens)."""
+        b, n = x.shape[0], x.shape[1]
+        ffn = self._jit_blocks_ffn is not None and b * n >= CPU_FFN_OFFLOAD_MIN_ROWS
+        rows = score_rows(b, block.heads, n)
+        if not block.fused_attention and rows < n:
+            split = self._split_plan.get((b, n))
+            if split is None:
+                room = memory.room() if self._attention_room is None else self._attention_room
+                split = self._split_plan[(b, n)] = room < graph_score_nbytes(b, block.heads, n, n)
+            if split:
+                return self._jit_blocks_split_ffn if ffn else self._jit_blocks_split
+        return self._jit_blocks_ffn if ffn else self._jit_blocks
 
     def _rope(self, gf, gh, gw):
         key = (gf, gh, gw)
@@ -247,12 +284,8 @@ class WanTransformer3DModel(nn.Cell):
             if k is not None:
                 extra["weights"] = stream.get(k)
         if self._jit_blocks is not None:
-            fn = self._jit_blocks
-            x = args[0]
-            if self._jit_blocks_ffn is not None and x.shape[0] * x.shape[1] >= CPU_FFN_OFFLOAD_MIN_ROWS:
-                fn = self._jit_blocks_ffn
             try:
-                return block(*args, fn=fn, patch=patch, **extra)
+                return block(*args, fn=self._compiled_block_fn(block, args[0]), patch=patch, **extra)
             except (RuntimeError, TypeError, ValueError) as e:  # graph compile failed: stay correct, run eagerly
                 import warnings
                 warnings.warn(f"ms.jit compilation of the transformer blocks failed ({type(e).__name__}: "
@@ -278,13 +311,16 @@ class WanTransformer3DModel(nn.Cell):
     def working_nbytes(self, latent_shape) -> int:
         """Activation memory of one forward on latents of `latent_shape` (an upper estimate for the
         memory budget: a block's float32 intermediates, its FFN hidden state and the attention
-        score chunk), so that models not in use are released before it runs out."""
+        score chunks), so that models not in use are released before it runs out. Fitted to the
+        1.3B block's measured peaks, eager and with the attention outside the graph: 4.0 / 4.7 /
+        7.5 GB (eager 9.2 GB) above the weights at 7,800 / 15,600 / 32,760 tokens, whose part
+        that does not grow with the sequence is about six score chunks."""
         b, _, f, h, w = latent_shape
         pt, ph, pw = self.patch_size
         tokens = (f // pt) * (h // ph) * (w // pw)
         ffn = self.blocks[0].ffn.net[2].in_features if len(self.blocks) else 0
-        scores = min(SCORE_BUDGET_BYTES, 4 * b * (self.dim // self.head_dim) * tokens * max(tokens, 512))
-        return 4 * b * tokens * (12 * self.dim + 2 * ffn) + scores
+        scores = 6 * min(SCORE_BUDGET_BYTES, 4 * b * (self.dim // self.head_dim) * tokens * max(tokens, 512))
+        return 4 * b * tokens * (16 * self.dim + 3 * ffn) + scores
 
     def resident_nbytes(self) -> int:
         """Bytes of weights held now: every parameter, or for a streamed model the resident
@@ -340,7 +376,7 @@ class WanTransformer3DModel(nn.Cell):
         """`blocks_hook(tokens, run, n_blocks) -> tokens` replaces the pass through all blocks, for step
         caching (`pipelines.step_cache`): `run(x, start, stop)` runs blocks [start, stop) (stop None = to
         the end) on tokens x, with the same weights (a LoRA view's patch included) as a plain call."""
-        reserve_working(self.working_nbytes(hidden_states.shape), self.block_stream or self)
+        self._prepare_forward(hidden_states.shape)
         x, context, temb, proj, rope = self._embed(hidden_states, timestep, encoder_hidden_states,
                                                    encoder_hidden_states_image)
         if blocks_hook is not None:

@@ -76,7 +76,8 @@ def post_ffn(xf, ff, mod):
     return (xf + bmul(ff.astype(ms.float32), modulation_term(mod, 5))).astype(ff.dtype)
 
 
-Stages = namedtuple("Stages", "pre_attention self_attention post_self_attention cross_attention pre_ffn")
+Stages = namedtuple("Stages", "pre_attention self_attention post_self_attention cross_attention pre_ffn "
+                               "self_attention_heads merge_heads")
 
 
 @lru_cache(maxsize=None)
@@ -100,11 +101,15 @@ def block_stages(heads: int, eps: float, cross_attn_norm: bool, fused: bool) -> 
         n = badd(bmul(layer_norm(x.astype(ms.float32), eps), 1 + modulation_term(mod, 1)), modulation_term(mod, 0))
         return n.astype(x.dtype), mod
 
-    def self_attention(q, k, v, norm_q, norm_k, cos, sin, rot):
-        """Projected q, k, v -> attention output before the output projection."""
+    def self_attention_heads(q, k, v, norm_q, norm_k, cos, sin, rot):
+        """Projected q, k, v -> normalised, rotated q, k and v, split into heads [B, H, L, d]."""
         q = apply_rope(split_heads(_rms_norm(q, norm_q, eps)), cos, sin, rot)
         k = apply_rope(split_heads(_rms_norm(k, norm_k, eps)), cos, sin, rot)
-        return merge_heads(attention(q, k, split_heads(v), use_fused=fused))
+        return q, k, split_heads(v)
+
+    def self_attention(q, k, v, norm_q, norm_k, cos, sin, rot):
+        """Projected q, k, v -> attention output before the output projection."""
+        return merge_heads(attention(*self_attention_heads(q, k, v, norm_q, norm_k, cos, sin, rot), use_fused=fused))
 
     def post_self_attention(x, out, mod, *norm2):
         """Gated residual, then the cross-attention's input (norm2 weight and bias if cross_attn_norm)."""
@@ -131,7 +136,8 @@ def block_stages(heads: int, eps: float, cross_attn_norm: bool, fused: bool) -> 
         xf = x.astype(ms.float32)
         return xf, badd(bmul(layer_norm(xf, eps), 1 + modulation_term(mod, 4)), modulation_term(mod, 3)).astype(x.dtype)
 
-    return Stages(pre_attention, self_attention, post_self_attention, cross_attention, pre_ffn)
+    return Stages(pre_attention, self_attention, post_self_attention, cross_attention, pre_ffn,
+                  self_attention_heads, merge_heads)
 
 
 def unpack_weights(w, image_branch: bool, cross_attn_norm: bool):
@@ -152,15 +158,64 @@ def make_block_fn(heads: int, eps: float, cross_attn_norm: bool, image_branch: b
     Taking the weights as arguments lets one `ms.jit` graph serve every block: it compiles once per
     input shape, and each call frees its intermediates (one graph over all blocks would keep every
     block's activations alive)."""
-    # Plain closures: graph mode cannot read functions off a namedtuple.
-    pre_attention, self_attention, post_self_attention, cross_attention, pre_ffn = block_stages(
-        heads, eps, cross_attn_norm, fused)
+    before, after = _block_halves(heads, eps, cross_attn_norm, image_branch, fused, ffn_outside)
+    merge_heads = block_stages(heads, eps, cross_attn_norm, fused).merge_heads
 
     def block(x, context, temb, cos, sin, rot, *w):
-        table, a1, a2, norm2, ffn = unpack_weights(w, image_branch, cross_attn_norm)
+        q, k, v, mod = before(x, temb, cos, sin, rot, *w)
+        return after(x, merge_heads(attention(q, k, v, use_fused=fused)), mod, context, *w)
+
+    return block
+
+
+class AttentionOutsideGraph:
+    """A block (`make_block_fn`'s signature and result) compiled as two graphs, the self-attention
+    run eagerly between them. Inside one graph the score chunks of a long sequence are all
+    planned at once: at 15,600 tokens the 1.3B block peaked at 13.8 GB compiled whole against
+    4.2 GB eager, and 32,760 tokens (480p x 81 frames) did not fit 24 GB. Eagerly each chunk's
+    scores are freed before the next is computed, and the rest of the block keeps its compiled
+    speed."""
+
+    def __init__(self, heads: int, eps: float, cross_attn_norm: bool, image_branch: bool, fused: bool,
+                 ffn_outside: bool = False):
+        before, after = _block_halves(heads, eps, cross_attn_norm, image_branch, fused, ffn_outside)
+        self._before, self._after = ms.jit(before), ms.jit(after)
+        self._merge_heads = block_stages(heads, eps, cross_attn_norm, fused).merge_heads
+        self._fused = fused
+
+    def __call__(self, x, context, temb, cos, sin, rot, *w):
+        q, k, v, mod = self._before(x, temb, cos, sin, rot, *w)
+        a = self._merge_heads(attention(q, k, v, use_fused=self._fused))
+        del q, k, v
+        return self._after(x, a, mod, context, *w)
+
+
+@lru_cache(maxsize=None)
+def attention_outside_graph(*config) -> AttentionOutsideGraph:
+    """One `AttentionOutsideGraph` (and so one pair of graphs per shape) per block configuration."""
+    return AttentionOutsideGraph(*config)
+
+
+@lru_cache(maxsize=None)
+def _block_halves(heads: int, eps: float, cross_attn_norm: bool, image_branch: bool, fused: bool,
+                  ffn_outside: bool):
+    """The block around its self-attention: `before(x, temb, cos, sin, rot, *weights)` -> (q, k, v
+    in heads, modulation) and `after(x, attention output [B, L, D], modulation, context, *weights)`
+    -> what `make_block_fn`'s block returns."""
+    # Plain closures: graph mode cannot read functions off a namedtuple.
+    stages = block_stages(heads, eps, cross_attn_norm, fused)
+    pre_attention, self_attention_heads = stages.pre_attention, stages.self_attention_heads
+    post_self_attention, cross_attention, pre_ffn = stages.post_self_attention, stages.cross_attention, stages.pre_ffn
+
+    def before(x, temb, cos, sin, rot, *w):
+        table, a1, _, _, _ = unpack_weights(w, image_branch, cross_attn_norm)
         n, mod = pre_attention(x, temb, table)
-        a = self_attention(_linear(n, a1[0], a1[1]), _linear(n, a1[2], a1[3]), _linear(n, a1[4], a1[5]),
-                           a1[8], a1[9], cos, sin, rot)
+        q, k, v = self_attention_heads(_linear(n, a1[0], a1[1]), _linear(n, a1[2], a1[3]), _linear(n, a1[4], a1[5]),
+                                       a1[8], a1[9], cos, sin, rot)
+        return q, k, v, mod
+
+    def after(x, a, mod, context, *w):
+        _, a1, a2, norm2, ffn = unpack_weights(w, image_branch, cross_attn_norm)
         x, n = post_self_attention(x, _linear(a, a1[6], a1[7]), mod, *norm2)
         text, image = split_context(context, image_branch)
         if image_branch:
@@ -174,7 +229,7 @@ def make_block_fn(heads: int, eps: float, cross_attn_norm: bool, image_branch: b
             return xf, n, mod
         return post_ffn(xf, _linear(gelu_tanh(_linear(n, ffn[0], ffn[1])), ffn[2], ffn[3]), mod)
 
-    return block
+    return before, after
 
 
 # Token rows (batch x tokens) from which compiled CPU blocks leave the FFN to oneDNN (see the module doc).

@@ -10,7 +10,6 @@ import mindspore as ms
 from mindspore import mint, nn
 
 from .layers import Linear
-from .residency import reserve_working
 from .transformer import WanTransformer3DModel, WanTransformerBlock, _PatchEmbed
 
 
@@ -60,7 +59,7 @@ class WanVACETransformer3DModel(WanTransformer3DModel):
             scales = [float(v) for v in (scales.asnumpy() if hasattr(scales, "asnumpy") else scales)]
             if len(scales) != n:
                 raise ValueError(f"control_hidden_states_scale has {len(scales)} values; vace_layers has {n}")
-        reserve_working(self.working_nbytes(hidden_states.shape), self.block_stream or self)
+        self._prepare_forward(hidden_states.shape)
         x, context, temb, proj, rope = self._embed(hidden_states, timestep, encoder_hidden_states,
                                                    encoder_hidden_states_image)
         control = self.vace_patch_embedding(control_hidden_states.astype(self.dtype))
