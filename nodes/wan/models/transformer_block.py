@@ -11,6 +11,9 @@ Measured on the 1.3B block against the whole graph (median of interleaved runs):
 0.92–0.97x at 1,950 tokens, 0.99x at 512, 1.02–1.06x at 192. Running every linear
 layer in oneDNN, each stage compiled alone, was 1.07–1.14x at 192 tokens and 1.00x
 at 1,950.
+
+A self-attention whose score chunks one graph's memory plan cannot hold runs eagerly
+between two graphs (`AttentionOutsideGraph`).
 """
 from __future__ import annotations
 
@@ -76,8 +79,8 @@ def post_ffn(xf, ff, mod):
     return (xf + bmul(ff.astype(ms.float32), modulation_term(mod, 5))).astype(ff.dtype)
 
 
-Stages = namedtuple("Stages", "pre_attention self_attention post_self_attention cross_attention pre_ffn "
-                               "self_attention_heads merge_heads")
+Stages = namedtuple("Stages", "pre_attention self_attention_heads merge_heads post_self_attention cross_attention "
+                               "pre_ffn")
 
 
 @lru_cache(maxsize=None)
@@ -107,10 +110,6 @@ def block_stages(heads: int, eps: float, cross_attn_norm: bool, fused: bool) -> 
         k = apply_rope(split_heads(_rms_norm(k, norm_k, eps)), cos, sin, rot)
         return q, k, split_heads(v)
 
-    def self_attention(q, k, v, norm_q, norm_k, cos, sin, rot):
-        """Projected q, k, v -> attention output before the output projection."""
-        return merge_heads(attention(*self_attention_heads(q, k, v, norm_q, norm_k, cos, sin, rot), use_fused=fused))
-
     def post_self_attention(x, out, mod, *norm2):
         """Gated residual, then the cross-attention's input (norm2 weight and bias if cross_attn_norm)."""
         x = (x.astype(ms.float32) + bmul(out.astype(ms.float32), modulation_term(mod, 2))).astype(x.dtype)
@@ -136,8 +135,7 @@ def block_stages(heads: int, eps: float, cross_attn_norm: bool, fused: bool) -> 
         xf = x.astype(ms.float32)
         return xf, badd(bmul(layer_norm(xf, eps), 1 + modulation_term(mod, 4)), modulation_term(mod, 3)).astype(x.dtype)
 
-    return Stages(pre_attention, self_attention, post_self_attention, cross_attention, pre_ffn,
-                  self_attention_heads, merge_heads)
+    return Stages(pre_attention, self_attention_heads, merge_heads, post_self_attention, cross_attention, pre_ffn)
 
 
 def unpack_weights(w, image_branch: bool, cross_attn_norm: bool):
@@ -172,9 +170,8 @@ class AttentionOutsideGraph:
     """A block (`make_block_fn`'s signature and result) compiled as two graphs, the self-attention
     run eagerly between them. Inside one graph the score chunks of a long sequence are all
     planned at once: at 15,600 tokens the 1.3B block peaked at 13.8 GB compiled whole against
-    4.2 GB eager, and 32,760 tokens (480p x 81 frames) did not fit 24 GB. Eagerly each chunk's
-    scores are freed before the next is computed, and the rest of the block keeps its compiled
-    speed."""
+    5.6 GB this way, and 32,760 tokens (480p x 81 frames) did not fit 24 GB. Eagerly each chunk's
+    scores are freed before the next is computed, and the rest of the block stays compiled."""
 
     def __init__(self, heads: int, eps: float, cross_attn_norm: bool, image_branch: bool, fused: bool,
                  ffn_outside: bool = False):
