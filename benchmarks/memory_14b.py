@@ -117,9 +117,10 @@ def _peak_rss() -> int:
 
 
 def run_child(args: list[str]) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True)
+    """Run a measurement in a child process; its progress lines and errors go to this process's stderr."""
+    out = subprocess.run([sys.executable, __file__, "--child", *args], stdout=subprocess.PIPE, text=True)
     if out.returncode != 0:
-        raise RuntimeError(f"child {args} failed:\n{out.stderr[-4000:]}")
+        raise RuntimeError(f"child {args} failed (exit {out.returncode}): its error is printed above")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -316,6 +317,10 @@ def child_workflow(pipe: str, offload: str, size: str, te_dtype: str = "float32"
             running[0] = f"{ev.class_type}#{ev.node_id}"
         if ev.type == "node_finished" and ev.class_type in names:
             rss[names[ev.class_type]] = memory.rss()
+        if ev.type == "node_finished":     # as it goes, for runs of hours: the parent passes it on
+            node = f"{ev.class_type}#{ev.node_id}"
+            print(f"  {time.perf_counter() - t0:.0f} s: {node} done; resident set {gb(memory.rss())}, peak while it "
+                  f"ran {gb(node_peak[node]) if node in node_peak else 'not sampled'}, peak so far {gb(_peak_rss())}", file=sys.stderr, flush=True)
     ex.subscribe(on_event)
 
     def sample():        # the resident set's highest value seen while each node ran (every 0.1 s)
