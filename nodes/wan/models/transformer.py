@@ -91,8 +91,7 @@ class WanTransformerBlock(nn.Cell):
         self.fn_config = (heads, eps, cross_attn_norm, added_kv_proj_dim is not None, fused)
         self.fn = make_block_fn(*self.fn_config)
         # The compiled variant for long sequences leaves the FFN to oneDNN (`finish_on_cpu`).
-        self.fn_ffn_outside = (make_block_fn(heads, eps, cross_attn_norm, added_kv_proj_dim is not None, fused, True)
-                               if onednn_matmuls(dtype) else None)
+        self.fn_ffn_outside = make_block_fn(*self.fn_config, True) if onednn_matmuls(dtype) else None
 
     def weights(self):
         w = (self.scale_shift_table,) + self.attn1.weights() + self.attn2.weights()
