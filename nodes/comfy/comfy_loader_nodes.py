@@ -13,6 +13,11 @@ fp8 compute and its CPU backend no bf16, so here every option loads the weights 
 (fp8_scaled files are multiplied by their scales on load) and computes in float32 on CPU and in
 bfloat16 on an accelerator; the option is accepted so that ComfyUI's workflows validate, and
 changes nothing else. CLIPLoader's `device` is accepted likewise: models run where MindSpore runs.
+
+Memory. ComfyUI fits models to the memory it has; so do these, under the memory budget
+(`--memory-budget`): UNETLoader streams a diffusion model's blocks from its file when it does not
+fit (`offload="auto"`), and CLIPLoader's encoder is loaded at the first encode, streamed when it
+does not fit, and released when another model needs the room.
 """
 from __future__ import annotations
 
@@ -49,7 +54,8 @@ class UNETLoader(FileInputNode):
         from ..wan import load_denoiser
         from ..wan.checkpoints.comfy_detection import comfy_transformer_config
         path = resolve("diffusion_models", unet_name)
-        model = load_denoiser(str(path), compute_dtype(), config=comfy_transformer_config(path))
+        # ComfyUI fits models to the memory it has; "auto" streams a file that does not fit the budget
+        model = load_denoiser(str(path), compute_dtype(), config=comfy_transformer_config(path), offload="auto")
         return (model.with_(scheduler_config={**model.scheduler_config, "flow_shift": COMFY_WAN_SHIFT},
                             name=unet_name),)
 

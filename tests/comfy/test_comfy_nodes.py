@@ -145,6 +145,30 @@ def test_clip_text_encode_equals_diffusers_prompt_embeds(models, tmp_path):
     assert np.all(ours[0, len(ids):] == 0)
 
 
+def test_clip_loader_encoder_loads_on_first_encode_streams_and_is_released_under_the_budget(models, tmp_path,
+                                                                                            monkeypatch):
+    """CLIPLoader's UMT5 (22.8 GB in float32 for the real one) is held as the Wan loaders hold it: loaded at
+    the first encode, released when another model needs the room, and streamed from its file ("auto")
+    when it does not fit the budget, with the same numbers."""
+    from nodes.wan.backend import memory
+    from nodes.wan.models import residency
+    residency.release_all()
+    g = GraphBuilder()
+    clip = g.node("CLIPLoader", id="clip", clip_name="umt5_xxl_fp8_e4m3fn_scaled.safetensors", type="wan")
+    g.node("CLIPTextEncode", id="enc", text="a red fox", clip=clip[0])
+    out = run(g, "clip", "enc", tmp_path=tmp_path)
+    text, want = out["clip"]["CLIP"], _np(out["enc"]["CONDITIONING"].embeds)
+    assert text.encoder.loaded and text.encoder.offload == "none"
+    assert any(name.startswith("text encoder") for name, _ in residency.resident())
+    monkeypatch.setattr(memory, "room", lambda: -1)          # another model needs all the room
+    assert any(name.startswith("text encoder") for name in residency.reserve(1))
+    assert not text.encoder.loaded and text.cache_nbytes() == 0
+    again = run(g, "clip", "enc", tmp_path=tmp_path)         # a new graph: loads on its first encode, streamed
+    assert np.array_equal(_np(again["enc"]["CONDITIONING"].embeds), want)
+    assert again["clip"]["CLIP"].encoder.offload == "blocks"
+    residency.release_all()
+
+
 def test_clip_text_encode_weights_follow_comfyui(models, tmp_path):
     """comfy/sd1_clip.py token_weights + ClipTokenWeightEncoder: "(fox:1.5)" tokens move away from the empty
     prompt's rows, z = (z - z_empty) * 1.5 + z_empty; "\\(" stays a literal parenthesis."""

@@ -119,6 +119,15 @@ def test_memory_mapped_reads_equal_the_stored_values(tmp_path):
     half = np.zeros((5, 7), np.float16)
     assert st.read_into("b", half) and np.array_equal(half, st.get("b").astype(np.float16))   # bf16 into half
     assert not st.read_into("b", np.zeros((5, 7), np.float64))                                  # not offered
+    # rows alone (a token embedding looked up without reading the rest), as `get(key)[rows]`
+    for key in ("b", "h", "f", "e"):
+        n = st.shape(key)[0]
+        for rows in (np.array([n - 1, 0, n - 1]), np.array([[1, 0], [n - 1, 2]])):
+            want = st.get(key)[rows]
+            got = st.get_rows(key, rows)
+            assert got.dtype == want.dtype and np.array_equal(got.view(np.uint8), want.view(np.uint8)), key
+    with pytest.raises(IndexError, match="out of range"):
+        st.get_rows("b", np.array([5]))
 
 
 # -- streamed == resident, bit for bit -------------------------------------------------------------------------------
@@ -217,6 +226,78 @@ def test_offload_auto_streams_what_does_not_fit_the_budget(t2v_folder, monkeypat
     assert load_transformer(t2v_folder, None, offload="auto").offload == "blocks"
     with pytest.raises(ValueError, match="offload must be one of"):
         load_transformer(t2v_folder, None, offload="disk")
+
+
+# -- the text encoder streamed ------------------------------------------------------------------------------------
+UMT5_TINY = {"architectures": ["UMT5EncoderModel"], "model_type": "umt5", "d_model": 32, "d_kv": 8, "d_ff": 64,
+             "num_layers": 3, "num_heads": 4, "relative_attention_num_buckets": 32,
+             "relative_attention_max_distance": 128, "layer_norm_epsilon": 1e-6, "vocab_size": 300,
+             "feed_forward_proj": "gated-gelu"}
+
+
+def write_umt5_file(path: Path, layout: str, seed: int = 0) -> Path:
+    """A UMT5 encoder file with transformers' names (ComfyUI's umt5_xxl_*): "bf16", or "fp8_scaled"
+    (fp8 matrices with per-tensor scales, the token embedding with one scale per row)."""
+    from nodes.wan.models.umt5 import UMT5EncoderModel
+    model = UMT5EncoderModel.from_config(UMT5_TINY)
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for n, p in sorted(model.parameters_and_names()):
+        value = (1.0 + 0.1 * rng.standard_normal(p.shape) if n.endswith("layer_norm.weight")
+                 else 0.5 * rng.standard_normal(p.shape)).astype(np.float32)
+        if layout == "fp8_scaled" and value.ndim == 2 and "relative_attention_bias" not in n:
+            tensors[n] = ("F8_E4M3", rng.integers(0, 0x7F, p.shape, dtype=np.uint8))   # finite e4m3 codes
+            scale = (rng.uniform(0.01, 0.02, (p.shape[0],)) if n == "shared.weight" else np.array([0.01]))
+            tensors[n[:-len(".weight")] + ".scale_weight"] = ("F32", scale.astype(np.float32))
+        else:
+            tensors[n] = ("BF16", bf16_bits(value))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_safetensors(path, tensors)
+    return path
+
+
+@pytest.mark.parametrize("layout", ["bf16", "fp8_scaled"])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_a_streamed_text_encoder_gives_the_resident_outputs_bit_for_bit(tmp_path, layout, dtype):
+    """`offload="blocks"` on the text encoder: its blocks streamed and only the looked-up rows of the
+    token embedding read (widened, and dequantised per row, as a resident load does): the same
+    numbers, with nothing of the blocks or the embedding held but the two blocks in flight."""
+    from nodes.wan.pipelines.components import text_encoder_on_demand
+    path = write_umt5_file(tmp_path / f"umt5_{layout}.safetensors", layout)
+    rng = np.random.default_rng(3)
+    ids = rng.integers(0, UMT5_TINY["vocab_size"], (2, 40))
+    mask = np.ones_like(ids)
+    mask[1, 25:] = 0
+    resident = text_encoder_on_demand(path, dtype, offload="none")
+    want = resident(ids, mask).astype(ms.float32).asnumpy()
+    assert np.isfinite(want).all() and resident.offload == "none"
+    streamed = text_encoder_on_demand(path, dtype, offload="blocks")
+    block_stream.reset_peak()
+    for _ in range(2):                                      # the second call starts from the read-ahead block 0
+        got = streamed(ids, mask).astype(ms.float32).asnumpy()
+        assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    model = streamed.model()
+    assert model.offload == "blocks" and block_stream.peak()["blocks"] == 2
+    held = {n for n, p in model.parameters_and_names() if not model.streamed_parameter(n)}
+    assert held == {"encoder.final_layer_norm.weight"}
+    final_norm = 32 * (2 if dtype == "float16" else 4)
+    assert model.resident_nbytes() == final_norm + model.block_stream.resident_nbytes()
+    assert streamed.resident_nbytes() == 0                   # the stream counts its own blocks with the registry
+    kept = text_encoder_on_demand(path, dtype, offload="model")
+    assert np.array_equal(kept(ids, mask).astype(ms.float32).asnumpy().view(np.uint32), want.view(np.uint32))
+
+
+def test_offload_auto_streams_a_text_encoder_that_does_not_fit(tmp_path, monkeypatch):
+    """"auto" (the text encoder's default) is decided at each load, against the room then."""
+    from nodes.wan.pipelines.components import text_encoder_on_demand
+    path = write_umt5_file(tmp_path / "umt5.safetensors", "bf16")
+    size = component_nbytes(open_component(path, "text_encoder", None))
+    encoder = text_encoder_on_demand(path)
+    monkeypatch.setattr(memory, "room", lambda: int(size * 0.5))
+    assert encoder.offload == "blocks"
+    encoder.release()
+    monkeypatch.setattr(memory, "room", lambda: int(size * 10))
+    assert encoder.offload == "none" and encoder.resident_nbytes() == size
 
 
 # -- Wan2.2's two experts and the text encoder under a budget ---------------------------------------------------------

@@ -420,11 +420,17 @@ def test_umt5_single_file_with_tokenizer_from_a_pipeline(tmp_path, dtype, layout
         torch.save(sd, path)
     else:
         torch_save_file(sd, str(path))
-    g = GraphBuilder()
-    te = g.node("WanTextEncoderLoader", id="te", source=str(path), tokenizer_source=str(tmp_path / "pipe"))
-    g.node("WanTextEncode", id="enc", text_encoder=te[0], text="a red fox")
-    out = Executor(output_dir=tmp_path).run(g.to_workflow(), targets=["enc"]).outputs["enc"]
-    ours = next(iter(out.values())).embeds.asnumpy()
+    runs = {}
+    for offload in ("none", "blocks"):     # resident, and streamed from the file (blocks and embedding rows)
+        g = GraphBuilder()
+        te = g.node("WanTextEncoderLoader", id="te", source=str(path), tokenizer_source=str(tmp_path / "pipe"),
+                    offload=offload)
+        g.node("WanTextEncode", id="enc", text_encoder=te[0], text="a red fox")
+        out = Executor(output_dir=tmp_path).run(g.to_workflow(), targets=["enc", "te"]).outputs
+        assert out["te"]["text_encoder"].encoder.offload == offload
+        runs[offload] = next(iter(out["enc"].values())).embeds.asnumpy()
+    ours = runs["none"]
+    assert np.array_equal(runs["blocks"].view(np.uint32), ours.view(np.uint32))
     ids = pipe.tokenizer(["a red fox"], padding="max_length", max_length=512, truncation=True,
                          add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
     with torch.no_grad():

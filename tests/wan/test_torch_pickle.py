@@ -117,3 +117,19 @@ def test_truncated_corrupt_and_legacy_files_are_named(tmp_path):
         z.writestr("e/data.pkl", pickle.dumps({"epoch": 3}, protocol=2))
     with pytest.raises(CheckpointError, match="holds no tensors"):
         TorchPickleFile(tmp_path / "empty.pth")
+
+
+def test_rows_are_read_alone_as_get_would_give_them(tmp_path):
+    """`get_rows` (a token embedding looked up without loading it) equals `get(key)[rows]` for every
+    layout: contiguous, transposed, at an offset, bf16 and fp8; repeated rows and a 2-D index too."""
+    sd = state_dict()
+    path = tmp_path / "weights.pth"
+    torch.save(sd, path)
+    f = TorchPickleFile(path)
+    for k in ("f32", "f16", "bf16", "transposed", "rows", "fp8", "i64", "column"):
+        n = f.shape(k)[0]
+        for rows in (np.array([n - 1, 0, n - 1]), np.array([[0, n - 1], [1 % n, 0]])):
+            got = f.get_rows(k, rows)
+            assert np.array_equal(got, f.get(k)[rows]) and got.dtype == f.get(k).dtype, k
+    with pytest.raises(IndexError, match="out of range"):
+        f.get_rows("f32", np.array([3]))

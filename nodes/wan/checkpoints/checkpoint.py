@@ -45,6 +45,10 @@ class Checkpoint:
     def get(self, key) -> np.ndarray:
         return self._where[key].get(key)
 
+    def get_rows(self, key, rows) -> np.ndarray:
+        """`get(key)[rows]`, reading only those rows (see `SafetensorsFile.get_rows`)."""
+        return self._where[key].get_rows(key, rows)
+
     def file_of(self, key) -> Path:
         return self._where[key].path
 

@@ -163,8 +163,9 @@ def check(cls, component: Component, dtype="float32"):
 def build(cls, component: Component, dtype="float32", offload="none"):
     """An instance of `cls` for `component.config`, its weights copied from the component.
 
-    `offload` (transformers): "none" loads every weight; "blocks" loads the embeddings and head
-    and streams the blocks from the file as they run (`checkpoints.streaming`); "model" streams
+    `offload` (transformers and the UMT5 encoder): "none" loads every weight; "blocks" loads the
+    embeddings and head (UMT5: its final norm; the token embedding is read by rows) and streams
+    the blocks from the file as they run (`checkpoints.streaming`); "model" streams
     them once and keeps them until another model needs the room; "auto" picks "blocks" when
     the model does not fit the memory budget (`backend.memory`), else "none"."""
     from .streaming import attach_block_stream, check_offload

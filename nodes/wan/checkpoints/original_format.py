@@ -116,6 +116,20 @@ class OriginalCheckpoint:
             arr = arr.astype(np.float32) * scale
         return arr
 
+    def get_rows(self, key, rows) -> np.ndarray:
+        """`get(key)[rows]`, reading only those rows (a token embedding)."""
+        full = self._keys[key]
+        arr = self.ckpt.get_rows(full, rows)
+        scale_key = full[:-len(".weight")] + SCALE_SUFFIX if full.endswith(".weight") else None
+        if scale_key is not None and scale_key in self.ckpt:
+            scale = np.asarray(self.ckpt.get(scale_key), np.float32)
+            if scale.size > 1:   # one scale per output channel: per row
+                scale = scale.reshape(-1)[np.asarray(rows, np.int64)].reshape(np.shape(rows) + (1,) * (arr.ndim - np.ndim(rows)))
+            else:
+                scale = scale.reshape(())
+            arr = arr.astype(np.float32) * scale
+        return arr
+
     def read_into(self, key, out: np.ndarray) -> bool:
         """`get(key)` into `out` without allocating, for a tensor with no fp8 scale (see `Checkpoint`)."""
         full = self._keys[key]

@@ -26,6 +26,7 @@ _PLAIN = {
     "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8,
     "U8": np.uint8, "BOOL": np.bool_,
 }
+_WIDENED = {"BF16", "F8_E4M3", "F8_E5M2"}      # read as float32
 _WIDTH = {"BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, **{k: np.dtype(v).itemsize for k, v in _PLAIN.items()}}
 
 
@@ -169,6 +170,27 @@ class SafetensorsFile:
         finally:
             del raw
             self._forget_pages(start, self._base + b)
+
+    def get_rows(self, key, rows) -> np.ndarray:
+        """Rows `rows` (indices along the first axis) of tensor `key`, widened as `get` does; only
+        those rows are read from the file (a token embedding looked up without loading it)."""
+        ent = self._entries[key]
+        shape, dt = tuple(ent["shape"]), ent["dtype"]
+        rows = np.asarray(rows, np.int64)
+        if len(shape) < 1 or (rows.size and (rows.min() < 0 or rows.max() >= shape[0])):
+            raise IndexError(f"{self.path}: rows of {key!r} (shape {shape}) out of range")
+        a, b = ent["data_offsets"]
+        start, width = self._base + a, _WIDTH[dt] * int(np.prod(shape[1:], dtype=np.int64))
+        raw = np.frombuffer(self._mapped(), dtype=np.uint8, count=b - a, offset=start) if b > a \
+            else np.zeros(0, np.uint8)
+        try:
+            picked = raw.reshape(shape[0], width)[rows.reshape(-1)] if rows.size else np.zeros((0, width), np.uint8)
+        finally:
+            del raw
+            self._forget_pages(start, self._base + b)
+        out = np.empty(picked.shape[0] * (width // _WIDTH[dt]), np.float32 if dt in _WIDENED else _PLAIN[dt])
+        _widen_into(picked.reshape(-1), dt, out)
+        return out.reshape(rows.shape + shape[1:])
 
     def read_into(self, key, out: np.ndarray) -> bool:
         """Widen tensor `key` into `out` (C-contiguous, its shape; float32 or float16) as `get`

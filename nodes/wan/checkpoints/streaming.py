@@ -1,12 +1,15 @@
-"""A transformer's blocks read from its checkpoint as they run (`offload="blocks"` / `"model"`).
+"""A model's blocks read from its checkpoint as they run (`offload="blocks"` / `"model"`): the
+transformers, and the UMT5 text encoder.
 
-`attach_block_stream` loads what stays resident (embeddings, head: every parameter outside
-`blocks.N.`), leaves the blocks' parameters unallocated and hands the model a
-`models.block_stream.BlockStream` whose reader takes block k's tensors from the component's
+`attach_block_stream` loads what stays resident (embeddings, head: every parameter outside the
+model's `BLOCK_PREFIX`, `blocks.N.` by default), leaves the blocks' parameters unallocated and
+hands the model a `models.block_stream.BlockStream` whose reader takes block k's tensors from the component's
 lazy checkpoint (the memory-mapped file, renamed and fp8_scaled-dequantised per tensor by its
 view) and widens them exactly as a resident load does (`checkpoint.widen`), so streamed and
 resident runs compute on the same float32 values on CPU. On a device the widened host block is
-copied to the device (in the device dtype) on the calling thread as it is handed out.
+copied to the device (in the device dtype) on the calling thread as it is handed out. Parameters a
+model lists in `ROWS_FROM_FILE` (UMT5's 1 G-element token embedding) are not loaded either: the
+rows a call looks up are read from the file and widened the same way.
 """
 from __future__ import annotations
 
@@ -18,10 +21,9 @@ import numpy as np
 
 from ..backend.runtime import device, to_ms_dtype
 from ..models.block_stream import BlockStream
-from .checkpoint import load_into, param_dtype, widen
+from .checkpoint import as_tensor, load_into, param_dtype, widen
 
 OFFLOAD_MODES = ("none", "auto", "blocks", "model")
-_BLOCK_PREFIX = "blocks."
 
 
 def check_offload(offload) -> str:
@@ -35,13 +37,13 @@ def _itemsize(dt) -> int:
     return 2 if dt in (ms.float16, ms.bfloat16) else 4
 
 
-def _block_entries(model, src_of: dict, dtype, keep_fp32) -> list[list[tuple[str, object]]]:
-    """Per block, (checkpoint key, dtype) of each weight in `WanTransformerBlock.weights()` order."""
+def _block_entries(model, src_of: dict, dtype, keep_fp32, prefix: str) -> list[list[tuple[str, object]]]:
+    """Per block, (checkpoint key, dtype) of each weight in its `weights()` order."""
     name_of = {id(p): n for n, p in model.parameters_and_names()}
     entries = []
     for k, block in enumerate(model.blocks):
         names = [name_of[id(w)] for w in block.weights()]
-        own = {n for n in name_of.values() if n.startswith(f"{_BLOCK_PREFIX}{k}.")}
+        own = {n for n in name_of.values() if n.startswith(f"{prefix}{k}.")}
         if set(names) != own:   # a parameter weights() does not pass would stay unallocated
             raise RuntimeError(f"block {k}: weights() misses {sorted(own - set(names))[:3]}; cannot stream it")
         entries.append([(src_of[n], param_dtype(n, dtype, keep_fp32)) for n in names])
@@ -53,9 +55,12 @@ def attach_block_stream(model, ckpt, dtype="float32", keep_fp32=(), ignore_unexp
     """Load `model`'s resident parameters from `ckpt` and stream its blocks from it (see the module
     doc). `keep`: blocks stay widened once read, until the residency registry releases them."""
     dtype = to_ms_dtype(dtype)
+    prefix, by_rows = getattr(model, "BLOCK_PREFIX", "blocks."), tuple(getattr(model, "ROWS_FROM_FILE", ()))
     src_of = load_into(model, ckpt, dtype=dtype, keep_fp32=keep_fp32, ignore_unexpected=ignore_unexpected,
-                       key_map=key_map, source=source, skip=lambda name: name.startswith(_BLOCK_PREFIX))
-    entries = _block_entries(model, src_of, dtype, keep_fp32)
+                       key_map=key_map, source=source, skip=lambda name: name.startswith(prefix) or name in by_rows)
+    for name in by_rows:
+        model.rows_from_file(name, _row_reader(ckpt, src_of[name], param_dtype(name, dtype, keep_fp32)))
+    entries = _block_entries(model, src_of, dtype, keep_fp32, prefix)
     on_host = device() == "CPU"
     # A streamed block's memory is read into again once the block has run, sparing the OS zeroing
     # fresh pages for every block (~35% of the widening time); only where kernels run synchronously,
@@ -91,6 +96,18 @@ def attach_block_stream(model, ckpt, dtype="float32", keep_fp32=(), ignore_unexp
                          buffers=buffers)
     model.stream_blocks(stream)
     return model
+
+
+def _row_reader(ckpt, key: str, target):
+    """rows(ids) -> the tensor of rows `ids` of `key`, read from the file and widened to `target`
+    as a resident load would hold them."""
+    get_rows = getattr(ckpt, "get_rows", None)
+
+    def rows(ids):
+        ids = np.asarray(ids, np.int64)
+        a = get_rows(key, ids) if get_rows is not None else np.asarray(ckpt.get(key))[ids]
+        return as_tensor(a, target, share=True)
+    return rows
 
 
 class _Buffers:

@@ -222,6 +222,32 @@ class TorchPickleFile:
             return _FP8[name][a]
         return a
 
+    def get_rows(self, key, rows) -> np.ndarray:
+        """Rows `rows` (indices along the first axis) of tensor `key`, as `get(key)[rows]` but reading
+        only those rows from the file (a token embedding looked up without loading it)."""
+        rec = self._entries[key]
+        name, stored = _DTYPES[rec.dtype]
+        rows = np.asarray(rows, np.int64)
+        if not rec.shape or (rows.size and (rows.min() < 0 or rows.max() >= rec.shape[0])):
+            raise IndexError(f"{self.path}: rows of {key!r} (shape {rec.shape}) out of range")
+        itemsize = np.dtype(stored).itemsize
+        inner = rec.shape[1:]
+        span = 1 + sum((n - 1) * s for n, s in zip(inner, rec.strides[1:])) if all(inner) else 0
+        unique, back = np.unique(rows.reshape(-1), return_inverse=True)
+        picked = np.empty((len(unique),) + inner, stored)
+        with open(self.path, "rb") as f:
+            for i, r in enumerate(unique):
+                f.seek(rec.storage.data_offset + (rec.offset + int(r) * rec.strides[0]) * itemsize)
+                raw = np.frombuffer(f.read(span * itemsize), stored)
+                if raw.size != span:
+                    raise CheckpointError(f"{self.path}: the storage of tensor {key!r} ends early; download it again")
+                picked[i] = np.lib.stride_tricks.as_strided(raw, inner, tuple(s * itemsize for s in rec.strides[1:]))
+        if name == "BF16":
+            picked = bf16_bits_to_float32(picked)
+        elif name in _FP8:
+            picked = _FP8[name][picked]
+        return picked[back].reshape(rows.shape + inner)
+
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 

@@ -121,8 +121,12 @@ class OnDemand:
     """A model built on first use, kept while the budget allows and released when another model
     needs the room (`reserve`); the next use builds it again. Calls and attributes go to the model."""
 
-    def __init__(self, build: Callable[[], object], nbytes: int, name: str = ""):
-        self._build, self._nbytes, self._name = build, int(nbytes), name
+    def __init__(self, build: Callable[[], object], nbytes: int | Callable[[], int], name: str = ""):
+        """`nbytes`: what the model holds once built, or a function deciding it at each build (a
+        model that may stream its weights holds little: its stream reserves its own room)."""
+        self._build, self._name = build, name
+        self._plan = nbytes if callable(nbytes) else (lambda n=int(nbytes): n)
+        self._nbytes = 0
         self._model = None
         self._lock = threading.Lock()
         track(self, name)
@@ -134,6 +138,7 @@ class OnDemand:
     def model(self):
         with self._lock:
             if self._model is None:
+                self._nbytes = int(self._plan())
                 reserve(self._nbytes, self)
                 self._model = self._build()
             touch(self)

@@ -16,7 +16,7 @@ import mindspore as ms
 from mindspore import Parameter, mint, nn, ops
 
 from .attention import attention
-from .layers import bmul, param_init, row_mean, Linear, gelu_tanh
+from .layers import bmul, gelu_tanh, param_init, row_mean, Linear
 from ..backend.runtime import device
 
 
@@ -36,6 +36,40 @@ def relative_buckets(q_len: int, k_len: int, num_buckets: int, max_distance: int
     return (buckets + np.where(rel < max_exact, rel, large)).astype(np.int32)
 
 
+_matmul_t = ops.MatMul(transpose_b=True)
+
+
+def _linear(x, w):
+    """x @ w^T for w stored (out, in) as in torch (see `layers.Linear`)."""
+    shape = x.shape
+    return _matmul_t(x.reshape(-1, shape[-1]), w).reshape(shape[:-1] + (w.shape[0],))
+
+
+def t5_norm(x, weight, eps: float):
+    """T5's RMS norm: float32 statistic, no mean subtraction, cast to a half-precision weight."""
+    xf = x.astype(ms.float32)
+    x = bmul(x, mint.rsqrt(row_mean(xf * xf) + eps))
+    if weight.dtype in (ms.float16, ms.bfloat16):
+        x = x.astype(weight.dtype)
+    return bmul(weight, x)
+
+
+def umt5_block(x, buckets, mask_bias, weights, heads: int, d_kv: int, eps: float):
+    """One UMT5 layer on x [B, L, D] from its weights (`UMT5Block.weights()` order): self-attention
+    with the layer's own relative-position bias, then the gated GELU-tanh feed-forward."""
+    ln1, wq, wk, wv, wo_attn, rel_bias, ln2, wi_0, wi_1, wo = weights
+    b, l, _ = x.shape
+    h = t5_norm(x, ln1, eps)
+    split = lambda t: t.reshape(b, l, heads, d_kv).swapaxes(1, 2)
+    q, k, v = split(_linear(h, wq)), split(_linear(h, wk)), split(_linear(h, wv))
+    pos = ops.gather(rel_bias, buckets, 0).permute(2, 0, 1).unsqueeze(0)          # [1, H, L, L]
+    out = attention(q, k, v, scale=1.0, bias=pos.astype(ms.float32) + mask_bias, use_fused=False)
+    x = x + _linear(out.swapaxes(1, 2).reshape(b, l, heads * d_kv), wo_attn).astype(x.dtype)
+    h = t5_norm(x, ln2, eps)
+    h = gelu_tanh(_linear(h, wi_0)) * _linear(h, wi_1)
+    return x + _linear(h.astype(wo.dtype), wo).astype(x.dtype)
+
+
 class T5LayerNorm(nn.Cell):
     def __init__(self, dim, eps, dtype):
         super().__init__()
@@ -43,32 +77,20 @@ class T5LayerNorm(nn.Cell):
         self.weight = Parameter(param_init("ones", (dim,), dtype), name="weight")
 
     def construct(self, x):
-        xf = x.astype(ms.float32)
-        var = row_mean(xf * xf)
-        x = bmul(x, mint.rsqrt(var + self.eps))
-        if self.weight.dtype in (ms.float16, ms.bfloat16):
-            x = x.astype(self.weight.dtype)
-        return bmul(self.weight, x)
+        return t5_norm(x, self.weight, self.eps)
 
 
 class SelfAttention(nn.Cell):
+    """Holds the attention parameters under transformers' names; the math is `umt5_block`."""
+
     def __init__(self, d_model, d_kv, heads, num_buckets, dtype):
         super().__init__()
         inner = d_kv * heads
-        self.heads, self.d_kv = heads, d_kv
         self.q = Linear(d_model, inner, bias=False, dtype=dtype)
         self.k = Linear(d_model, inner, bias=False, dtype=dtype)
         self.v = Linear(d_model, inner, bias=False, dtype=dtype)
         self.o = Linear(inner, d_model, bias=False, dtype=dtype)
         self.relative_attention_bias = _Embedding(num_buckets, heads, dtype)
-
-    def construct(self, x, buckets, mask_bias):
-        b, l, _ = x.shape
-        split = lambda t: t.reshape(b, l, self.heads, self.d_kv).swapaxes(1, 2)
-        q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
-        pos = self.relative_attention_bias(buckets).permute(2, 0, 1).unsqueeze(0)   # [1, H, L, L]
-        out = attention(q, k, v, scale=1.0, bias=pos.astype(ms.float32) + mask_bias, use_fused=False)
-        return self.o(out.swapaxes(1, 2).reshape(b, l, self.heads * self.d_kv))
 
 
 class _Embedding(nn.Cell):
@@ -94,10 +116,6 @@ class _GatedFF(nn.Cell):
         self.wi_1 = Linear(d_model, d_ff, bias=False, dtype=dtype)
         self.wo = Linear(d_ff, d_model, bias=False, dtype=wo_dtype)
 
-    def construct(self, x):
-        h = gelu_tanh(self.wi_0(x)) * self.wi_1(x)
-        return self.wo(h.astype(self.wo.weight.dtype))
-
 
 class _FFLayer(nn.Cell):
     def __init__(self, d_model, d_ff, eps, dtype, wo_dtype):
@@ -109,13 +127,22 @@ class _FFLayer(nn.Cell):
 class UMT5Block(nn.Cell):
     def __init__(self, d_model, d_kv, d_ff, heads, buckets, eps, dtype, wo_dtype):
         super().__init__()
+        self.heads, self.d_kv, self.eps = heads, d_kv, eps
         self.layer = nn.CellList([_AttnLayer(d_model, d_kv, heads, buckets, eps, dtype),
                                   _FFLayer(d_model, d_ff, eps, dtype, wo_dtype)])
 
-    def construct(self, x, buckets, mask_bias):
+    def weights(self):
         attn, ff = self.layer[0], self.layer[1]
-        x = x + attn.SelfAttention(attn.layer_norm(x), buckets, mask_bias).astype(x.dtype)
-        return x + ff.DenseReluDense(ff.layer_norm(x)).astype(x.dtype)
+        sa, dense = attn.SelfAttention, ff.DenseReluDense
+        return (attn.layer_norm.weight, sa.q.weight, sa.k.weight, sa.v.weight, sa.o.weight,
+                sa.relative_attention_bias.weight, ff.layer_norm.weight, dense.wi_0.weight, dense.wi_1.weight,
+                dense.wo.weight)
+
+    def construct(self, x, buckets, mask_bias, weights=None):
+        """`weights`: the values to use instead of the parameters' (a streamed encoder's, in
+        `weights()` order: `models.block_stream`)."""
+        return umt5_block(x, buckets, mask_bias, self.weights() if weights is None else weights,
+                          self.heads, self.d_kv, self.eps)
 
 
 class _Encoder(nn.Cell):
@@ -137,6 +164,12 @@ class UMT5EncoderModel(nn.Cell):
                     relative_attention_num_buckets=32, relative_attention_max_distance=128,
                     layer_norm_epsilon=1e-6, vocab_size=256384, feed_forward_proj="gated-gelu")
 
+    # What a streamed encoder (`offload="blocks"`, `checkpoints.streaming`) never allocates: its
+    # blocks, handed out by a `BlockStream`, and the 1 G-element token embedding, of which only the
+    # prompt's rows are read from the file.
+    BLOCK_PREFIX = "encoder.block."
+    ROWS_FROM_FILE = ("shared.weight",)
+
     def __init__(self, config: dict, dtype=ms.float32):
         super().__init__()
         cfg = {**self.DEFAULTS, **{k: v for k, v in config.items() if k in self.DEFAULTS}}
@@ -147,6 +180,8 @@ class UMT5EncoderModel(nn.Cell):
         self.shared = _Embedding(cfg["vocab_size"], cfg["d_model"], dtype)
         self.encoder = _Encoder(cfg, dtype, wo_dtype)
         self._device = device()
+        self._block_stream = None
+        self._rows = {}             # parameter name -> rows(ids) reader, for ROWS_FROM_FILE when streamed
 
     @classmethod
     def from_config(cls, config: dict, dtype=ms.float32) -> "UMT5EncoderModel":
@@ -161,7 +196,42 @@ class UMT5EncoderModel(nn.Cell):
         mask_bias = ms.Tensor(((1.0 - mask) * np.finfo(np.float32).min)[:, None, None, :].astype(np.float32))
         buckets = ms.Tensor(relative_buckets(l, l, self.cfg["relative_attention_num_buckets"],
                                              self.cfg["relative_attention_max_distance"]))
-        x = self.shared(ms.Tensor(ids))
-        for block in self.encoder.block:
-            x = block(x, buckets, mask_bias)
+        rows = self._rows.get("shared.weight")
+        x = self.shared(ms.Tensor(ids)) if rows is None else rows(ids)
+        stream = self._block_stream
+        for k, block in enumerate(self.encoder.block):
+            x = block(x, buckets, mask_bias, weights=None if stream is None else stream.get(k))
         return self.encoder.final_layer_norm(x)
+
+    # -- streaming (`checkpoints.streaming.attach_block_stream`) ---------------------------------
+    @property
+    def blocks(self):
+        return self.encoder.block
+
+    def stream_blocks(self, stream):
+        """Take the blocks' weights from `stream` (a `block_stream.BlockStream` over `self.blocks`, in
+        order) instead of their parameters, which then stay unallocated; None goes back to them."""
+        self._block_stream = stream
+        return self
+
+    def rows_from_file(self, name: str, rows) -> None:
+        """Look parameter `name` (one of ROWS_FROM_FILE) up by `rows(ids) -> Tensor [*ids.shape, D]`
+        instead of holding it."""
+        if name not in self.ROWS_FROM_FILE:
+            raise ValueError(f"{name} is not read by rows; these are: {self.ROWS_FROM_FILE}")
+        self._rows[name] = rows
+
+    @property
+    def block_stream(self):
+        return self._block_stream
+
+    def streamed_parameter(self, name: str) -> bool:
+        """Whether the parameter `name` is supplied from the file as needed (never allocated)."""
+        return name in self._rows or (self._block_stream is not None and name.startswith(self.BLOCK_PREFIX))
+
+    def resident_nbytes(self) -> int:
+        """Bytes of weights held now: every parameter, or for a streamed encoder the final norm
+        plus the blocks its stream holds widened."""
+        total = sum(int(np.prod(p.shape)) * p.itemsize for name, p in self.parameters_and_names()
+                    if not self.streamed_parameter(name))
+        return total + (self._block_stream.resident_nbytes() if self._block_stream is not None else 0)

@@ -29,9 +29,8 @@ import numpy as np
 import mindspore as ms
 
 from ..checkpoints.checkpoint import Checkpoint
-from ..checkpoints.loaders import load_text_encoder
 from ..models.tokenizer import WanTokenizer
-from .components import load_text
+from .components import load_text, text_encoder_on_demand
 from .conditioning import WanTextEncoder
 
 SPIECE_KEY = "spiece_model"
@@ -56,7 +55,7 @@ def load_comfy_text(path: str | Path, dtype="float32") -> WanTextEncoder:
     tokenizer = embedded_tokenizer(path)
     if tokenizer is None:
         return load_text(str(path), dtype)
-    return WanTextEncoder(encoder=load_text_encoder(str(path), None, dtype=dtype), tokenizer=tokenizer)
+    return WanTextEncoder(encoder=text_encoder_on_demand(str(path), dtype), tokenizer=tokenizer)
 
 
 # ---- ComfyUI's prompt weighting syntax (comfy/sd1_clip.py parse_parentheses / token_weights) ----------

@@ -107,28 +107,49 @@ def _load_experts(src, src_2, subfolders, dtype, config, offload):
 DEFAULT_TOKENIZER_SOURCE = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
 
 
-def _on_demand(cls, comp, dtype, what: str):
+def _on_demand(cls, comp, dtype, what: str, offload="none"):
     """The component's model, checked now (names and shapes), built on first use and released
-    when another model needs the room (`models.residency`): -> (OnDemand, unloaded instance)."""
+    when another model needs the room (`models.residency`): -> (OnDemand, unloaded instance).
+    `offload` as `load_text`'s, decided at each build ("auto": against the room then)."""
     shell = check(cls, comp, dtype)
-    return OnDemand(lambda: build(cls, comp, dtype), component_nbytes(comp, dtype),
-                    f"{what} {comp.path}"), shell
+    full = component_nbytes(comp, dtype)
+    offload = check_offload(offload) if hasattr(shell, "stream_blocks") else "none"
+    mode = [offload]
+
+    def plan() -> int:
+        m = offload
+        if m == "auto":
+            m = auto_offload(full)
+            m = "none" if m == "model" else m
+        mode[0] = m
+        return full if m == "none" else 0     # a stream reserves the room of the blocks it widens
+
+    return OnDemand(lambda: build(cls, comp, dtype, mode[0]), plan, f"{what} {comp.path}"), shell
 
 
-def load_text(source, dtype="float32", tokenizer_source=None, config=None) -> WanTextEncoder:
+def load_text(source, dtype="float32", tokenizer_source=None, config=None, offload="auto") -> WanTextEncoder:
     """UMT5 encoder + tokenizer of a pipeline folder / repo, or an encoder file (ComfyUI's umt5_xxl_*)
     with the tokenizer of `tokenizer_source` (a pipeline folder or repo id; by default Wan-AI's).
     `config` (a dict, config.json, pipeline folder or hub repo id) overrides what a file's shapes imply.
 
     The encoder is checked against its file now and loaded on the first encode; it is released
     when a model needs the room under the memory budget (`models.residency`), and loaded again
-    by the next encode that needs it."""
+    by the next encode that needs it. `offload` (as `load_transformer`'s): "blocks" keeps only
+    the final norm and reads each of the 24 blocks from the file as it runs (the next one on a
+    background thread) and only the prompt's rows of the token embedding, so UMT5-XXL encodes
+    in float32 in about 2 GB instead of 22.8; "auto" does that when the encoder does not fit
+    the room left under the memory budget at its first encode."""
     src = as_source(source)
     # a hub repo is fetched one folder at a time: only tokenizer/ for a single-file encoder
     tokenizer = load_tokenizer(tokenizer_source or (DEFAULT_TOKENIZER_SOURCE if src.is_file else src), "tokenizer")
+    return WanTextEncoder(encoder=text_encoder_on_demand(src, dtype, config, offload), tokenizer=tokenizer)
+
+
+def text_encoder_on_demand(source, dtype="float32", config=None, offload="auto") -> OnDemand:
+    """The UMT5 encoder alone, held as `load_text` holds it (see there)."""
+    src = as_source(source)
     comp = open_component(src, "text_encoder", None if src.is_file else "text_encoder", config)
-    encoder, _ = _on_demand(UMT5EncoderModel, comp, dtype, "text encoder")
-    return WanTextEncoder(encoder=encoder, tokenizer=tokenizer)
+    return _on_demand(UMT5EncoderModel, comp, dtype, "text encoder", offload)[0]
 
 
 def load_clip_vision(source, dtype="float32", config=None) -> WanCLIPVision:

@@ -81,4 +81,6 @@ class WanTextEncoder:
         return WanConditioning(embeds=embeds, prompt=prompts if single else None)
 
     def cache_nbytes(self) -> int:
+        if hasattr(self.encoder, "resident_nbytes"):    # what it holds now (a streamed encoder: little)
+            return int(self.encoder.resident_nbytes())
         return sum(int(np.prod(p.shape)) * p.itemsize for p in self.encoder.get_parameters())
