@@ -14,8 +14,8 @@ Goals: peak RSS <= 10 GB on a 24 GB machine, streamed time <= 1.3x the scaled re
 Each measurement runs in its own process, so peak RSS (VmHWM) is that run's alone.
 
     python benchmarks/memory_14b.py [--layers 40] [--pairs 3] [--skip-14b] [--workflow | --workflow-only]
-                                    [--size 832x480x81] [--te-dtype float32] [--offloads none,blocks]
-                                    [--memory-budget 16GB]
+                                    [--size 832x480x81] [--te-dtype float32] [--te-offload auto]
+                                    [--offloads none,blocks] [--memory-budget 16GB] [--text-encoder-only]
 
 `--workflow` also runs the whole 1.3B T2V workflow (random weights: UMT5-XXL text encoder, 1.3B
 transformer, Wan2.1 VAE; `--size 832x480x81`, 1 step) with offload "none" and "blocks" and prints
@@ -24,6 +24,11 @@ and the highest resident set sampled while each node ran, so the node that set t
 Models are kept while they fit the memory budget (`--memory-budget`, default: available RAM minus
 a margin) and released when another model or a forward's working memory needs the room: the peak
 is bounded by the budget, and a tighter budget releases the text encoder sooner.
+
+`--text-encoder-only` measures UMT5-XXL (the real config, random bf16 file, 10.6 GB) encoding one
+512-token prompt: resident in float16 (13.4 GB; float32, 22.8 GB, does not fit 24 GB) against
+streamed (`offload="blocks"`: its blocks read from the file as they run, only the prompt's rows of
+the token embedding read) in float16 and float32, in rounds; peak RSS and encode seconds.
 """
 from __future__ import annotations
 
@@ -124,6 +129,23 @@ def run_child(args: list[str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+TMP_PREFIX = "graphrt-memory-14b-"
+
+
+def remove_stale_runs(parent: Path):
+    """Delete the files of earlier runs that were killed outright (SIGKILL runs no cleanup): 14-40 GB each."""
+    for d in parent.glob(TMP_PREFIX + "*"):
+        try:
+            os.kill(int((d / "owner.pid").read_text()), 0)
+            continue                                    # its run is still going
+        except ProcessLookupError:
+            pass
+        except (OSError, ValueError):
+            continue                                    # not ours to judge: no readable owner, or not permitted
+        shutil.rmtree(d, ignore_errors=True)
+        print(f"removed {d}, left by a run that was killed", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--child", nargs="*", help=argparse.SUPPRESS)
@@ -134,7 +156,11 @@ def main():
     ap.add_argument("--workflow-only", action="store_true", help="only the workflow (no forward measurements)")
     ap.add_argument("--size", default="832x480x81", help="the workflow's width x height x frames")
     ap.add_argument("--te-dtype", default="float32", help="the workflow's text encoder dtype (UMT5-XXL in float32 is "
-                                                          "22.8 GB: on a 24 GB machine use float16, 13.4 GB)")
+                                                          "22.8 GB resident; streamed, about 2 GB)")
+    ap.add_argument("--te-offload", default="auto", help="the workflow's text encoder offload (auto: streamed when it "
+                                                         "does not fit the budget's room)")
+    ap.add_argument("--text-encoder-only", action="store_true",
+                    help="only UMT5-XXL's encode, resident vs streamed (`--pairs` rounds)")
     ap.add_argument("--offloads", default="none,blocks", help="the workflow's transformer offload modes to run")
     ap.add_argument("--dir", default=None, help="where the temporary files go (default: the system's temp dir)")
     ap.add_argument("--memory-budget", default=None, help="the runs' memory budget, e.g. 16GB (default: available RAM "
@@ -147,17 +173,25 @@ def main():
         kind, *rest = a.child
         if kind == "forward":
             print(json.dumps(child_forward(rest[0], rest[1], int(rest[2]))))
+        elif kind == "text":
+            print(json.dumps(child_text(*rest)))
         elif kind == "workflow":
             print(json.dumps(child_workflow(*rest)))
         return
 
-    tmp = Path(tempfile.mkdtemp(prefix="graphrt-memory-14b-", dir=a.dir))
+    remove_stale_runs(Path(a.dir or tempfile.gettempdir()))
+    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=a.dir))
+    (tmp / "owner.pid").write_text(str(os.getpid()))
     atexit.register(shutil.rmtree, tmp, True)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))    # so that the files go on `kill` too
+    for sig in (signal.SIGTERM, signal.SIGHUP):     # so that the files go on `kill` and a closed terminal too
+        signal.signal(sig, lambda *_: sys.exit(143))
     try:
         print(f"temporary files in {tmp} ({shutil.disk_usage(tmp).free / 2**30:.0f} GB free)", flush=True)
         if a.workflow_only:
-            run_workflows(tmp, a.size, a.te_dtype, a.offloads.split(","))
+            run_workflows(tmp, a.size, a.te_dtype, a.offloads.split(","), a.te_offload)
+            return
+        if a.text_encoder_only:
+            run_text_encoder(tmp, a.pairs)
             return
         cfg13, cfg14 = WAN21_1_3B, dict(WAN21_14B, num_layers=a.layers)
         p13, p14 = n_params(cfg13), n_params(cfg14)
@@ -209,7 +243,7 @@ def main():
         shutil.rmtree(tmp / "t14", ignore_errors=True)
 
         if a.workflow:
-            run_workflows(tmp, a.size, a.te_dtype, a.offloads.split(","))
+            run_workflows(tmp, a.size, a.te_dtype, a.offloads.split(","), a.te_offload)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -256,7 +290,7 @@ def write_bf16_cell(folder: Path, cls, config: dict, name: str, seed: int) -> in
     return path.stat().st_size
 
 
-def run_workflows(tmp: Path, size: str, te_dtype: str, offloads: list[str]):
+def run_workflows(tmp: Path, size: str, te_dtype: str, offloads: list[str], te_offload: str = "auto"):
     from nodes.wan.checkpoints.presets import WAN21_LATENTS_MEAN, WAN21_LATENTS_STD, _write_tokenizer
     from nodes.wan.models.umt5 import UMT5EncoderModel
     from nodes.wan.models.vae import AutoencoderKLWan
@@ -277,18 +311,71 @@ def run_workflows(tmp: Path, size: str, te_dtype: str, offloads: list[str]):
     (pipe / "model_index.json").write_text(json.dumps({"_class_name": "WanPipeline", "boundary_ratio": None,
                                                        "expand_timesteps": False}))
     print(f"1.3B T2V pipeline (UMT5-XXL: bf16 file {gb(te)}; 1.3B; Wan2.1 VAE; random bf16) written in "
-          f"{time.perf_counter() - t0:.0f} s; text encoder in {te_dtype}", flush=True)
+          f"{time.perf_counter() - t0:.0f} s; text encoder in {te_dtype}, offload={te_offload}", flush=True)
     for offload in offloads:
-        r = run_child(["workflow", str(pipe), offload, size, te_dtype])
+        r = run_child(["workflow", str(pipe), offload, size, te_dtype, te_offload])
         print(f"workflow {size}, 1 step, offload={offload}: peak RSS {gb(r['peak_rss'])}; resident set after the "
               f"text encodes {gb(r['rss_after_text'])}, after denoising {gb(r['rss_after_denoise'])}, after decoding "
               f"{gb(r['rss_after_decode'])}; released: {'; '.join(r['released']) or 'nothing'}; {r['seconds']:.0f} s; "
               f"node seconds: {', '.join(f'{k} {v:.0f}' for k, v in r['node_seconds'].items())}; memory budget "
               f"{gb(r['budget'])}; resident set's peak while each node ran (sampled every 0.1 s): "
-              f"{', '.join(f'{k} {gb(v)}' for k, v in r['node_peak_rss'].items())}", flush=True)
+              f"{', '.join(f'{k} {gb(v)}' for k, v in r['node_peak_rss'].items())}; text encoder offload "
+              f"{r['te_offload']}", flush=True)
 
 
-def child_workflow(pipe: str, offload: str, size: str, te_dtype: str = "float32") -> dict:
+# -- UMT5-XXL alone: resident vs streamed ------------------------------------------------------------------------
+def run_text_encoder(tmp: Path, rounds: int):
+    from nodes.wan.checkpoints.presets import _write_tokenizer
+    from nodes.wan.models.umt5 import UMT5EncoderModel
+    vocab = _write_tokenizer(tmp / "te" / "tokenizer")
+    t0 = time.perf_counter()
+    size = write_bf16_cell(tmp / "te" / "text_encoder", UMT5EncoderModel,
+                           dict(UMT5_XXL, vocab_size=max(vocab, 256384)), "model", 2)
+    print(f"UMT5-XXL: bf16 file {gb(size)} written in {time.perf_counter() - t0:.0f} s", flush=True)
+    runs = [("float16", "none"), ("float16", "blocks"), ("float32", "blocks")]
+    results = {r: [] for r in runs}
+    for i in range(rounds):
+        for dtype, offload in runs[i % len(runs):] + runs[:i % len(runs)]:
+            r = run_child(["text", str(tmp / "te"), dtype, offload])
+            results[(dtype, offload)].append(r)
+            print(f"  round {i + 1}: {dtype} offload={offload}: encodes {', '.join(f'{t:.1f}' for t in r['times'])} s "
+                  f"(the first with the load), peak RSS {gb(r['peak_rss'])}, widened blocks at once "
+                  f"{r['widened_peak']}", flush=True)
+    best = {k: [min(r["times"][1:]) for r in v] for k, v in results.items()}
+    base = best[("float16", "none")]
+    for dtype, offload in runs:
+        ratios = [b / a for a, b in zip(base, best[(dtype, offload)])]
+        print(f"UMT5-XXL {dtype} offload={offload}: encode {np.median(best[(dtype, offload)]):.1f} s (median of "
+              f"{rounds}; load + first encode {np.median([r['times'][0] for r in results[(dtype, offload)]]):.1f} s), "
+              f"peak RSS {gb(max(r['peak_rss'] for r in results[(dtype, offload)]))}; / float16 resident per round: "
+              f"{', '.join(f'{x:.2f}' for x in ratios)}, median {np.median(ratios):.2f}x", flush=True)
+    a = results[("float16", "none")][0]["out"]
+    for k in (("float16", "blocks"), ("float32", "blocks")):
+        b = results[k][0]["out"]
+        print(f"  {k[0]} {k[1]} vs float16 resident: max |diff| {np.max(np.abs(np.subtract(a, b))):.3g} "
+              f"(of max |value| {np.max(np.abs(a)):.3g})", flush=True)
+
+
+def child_text(folder: str, dtype: str, offload: str, repeat: str = "3") -> dict:
+    import mindspore as ms
+    ms.set_device("CPU")
+    from nodes.wan.models import block_stream
+    from nodes.wan.pipelines.components import text_encoder_on_demand
+    rng = np.random.default_rng(0)
+    ids = np.zeros((1, 512), np.int64)
+    ids[0, :24] = rng.integers(3, 256000, 24)       # a prompt of 24 tokens padded to 512, as the pipelines encode
+    mask = (ids != 0).astype(np.int64)
+    encoder = text_encoder_on_demand(folder, dtype, offload=offload)
+    times = []
+    for _ in range(int(repeat)):
+        t0 = time.perf_counter()
+        out = encoder(ids, mask).astype(ms.float32).asnumpy()
+        times.append(time.perf_counter() - t0)
+    return {"times": times, "peak_rss": _peak_rss(), "widened_peak": block_stream.peak()["blocks"],
+            "offload": encoder.offload, "out": out[0, :24, :8].tolist()}
+
+
+def child_workflow(pipe: str, offload: str, size: str, te_dtype: str = "float32", te_offload: str = "auto") -> dict:
     import mindspore as ms
     ms.set_device("CPU")
     from graphrt import Executor, GraphBuilder
@@ -299,14 +386,15 @@ def child_workflow(pipe: str, offload: str, size: str, te_dtype: str = "float32"
     w, h, f = (int(v) for v in size.lower().split("x"))
     rss = {}
     g = GraphBuilder()
-    load = g.node("WanPipelineLoader", source=pipe, offload=offload, text_encoder_dtype=te_dtype)
+    load = g.node("WanPipelineLoader", source=pipe, offload=offload, text_encoder_dtype=te_dtype,
+                  text_encoder_offload=te_offload)
     pos = g.node("WanTextEncode", text_encoder=load[1], text="a red fox in the snow")
     neg = g.node("WanTextEncode", text_encoder=load[1], text="")
     lat = g.node("WanEmptyLatentVideo", width=w, height=h, num_frames=f)
     den = g.node("WanDenoise", model=load[0], positive=pos[0], negative=neg[0], latent=lat[0], seed=0, steps=1,
                  guidance=5.0, scheduler="unipc", shift=3.0)
     dec = g.node("WanVAEDecode", vae=load[2], latent=den[0])
-    g.node("SaveTensor", tensor=dec[0], filename_prefix="frames", format="npy")
+    save = g.node("SaveTensor", tensor=dec[0], filename_prefix="frames", format="npy")
     ex = Executor(cache="last-run", output_dir=str(Path(pipe).parent / "out"))
     names = {"WanTextEncode": "text", "WanDenoise": "denoise", "WanVAEDecode": "decode"}
 
@@ -329,13 +417,14 @@ def child_workflow(pipe: str, offload: str, size: str, te_dtype: str = "float32"
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     t0 = time.perf_counter()
-    result = ex.run(g.to_workflow())
+    result = ex.run(g.to_workflow(), targets=[save.id, load.id])
+    te_mode = result.outputs[load.id]["text_encoder"].encoder.offload
     done.set()
     sampler.join()
     return {"peak_rss": _peak_rss(), "rss_after_text": rss.get("text", 0), "rss_after_denoise": rss.get("denoise", 0),
             "rss_after_decode": rss.get("decode", 0), "seconds": time.perf_counter() - t0,
             "budget": memory.memory_budget(), "node_peak_rss": node_peak,
-            "released": [f"{n} ({gb(b)})" for n, b in residency.released_log],
+            "released": [f"{n} ({gb(b)})" for n, b in residency.released_log], "te_offload": te_mode,
             "node_seconds": {f"{r.class_type}#{nid}": r.seconds or 0.0 for nid, r in result.report.items()}}
 
 
