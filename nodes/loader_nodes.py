@@ -19,7 +19,7 @@ OFFLOAD_TIP = ("Memory: 'none' keeps every transformer weight in memory (widened
                "next one read and widened while the current one computes (a 14B model in a few GB); 'model' "
                "widens the whole model on first use and releases it when another model needs the room; 'auto' "
                "streams a model that does not fit the memory budget (--memory-budget) and, for Wan2.2's two "
-               "experts that fit only one at a time, widens one at a time.")
+               "experts that fit only one at a time, widens one at a time (the default: the same numbers in every mode).")
 OFFLOAD_MODES = ["none", "auto", "blocks", "model"]
 TEXT_OFFLOAD_TIP = ("Memory: 'blocks' reads each of the encoder's blocks from the memory-mapped file as it runs "
                     "and only the prompt's rows of the token embedding (UMT5-XXL in float32: about 2 GB instead "
@@ -53,13 +53,13 @@ class WanPipelineLoader(_SourceNode):
         Input("text_encoder_dtype", DTYPES, default="float32"),
         Input("vae_dtype", DTYPES, default="float32", tooltip="The VAE is best run in float32."),
         Input("compile", COMPILE_MODES, default="auto", optional=True, tooltip=COMPILE_TIP),
-        Input("offload", OFFLOAD_MODES, default="none", optional=True, tooltip=OFFLOAD_TIP),
+        Input("offload", OFFLOAD_MODES, default="auto", optional=True, tooltip=OFFLOAD_TIP),
         Input("text_encoder_offload", OFFLOAD_MODES, default="auto", optional=True, tooltip=TEXT_OFFLOAD_TIP),
     ]
     OUTPUTS = [Output("model", "MODEL"), Output("text_encoder", "TEXT_ENCODER"), Output("vae", "VAE")]
 
     def execute(self, ctx, source, dtype="float32", text_encoder_dtype="float32", vae_dtype="float32", compile="auto",
-                offload="none", text_encoder_offload="auto"):
+                offload="auto", text_encoder_offload="auto"):
         from .wan import as_source, load_denoiser, load_text, load_vae
         src = as_source(source)
         return (load_denoiser(src, dtype, compile, offload=offload),
@@ -86,7 +86,7 @@ class WanModelLoader(_SourceNode):
                     tooltip=config_tip("transformer", "No tensor records the head count: a file of a released "
                                        "size (hidden size 1536, 3072 or 5120: 128-wide heads) needs none, any "
                                        "other needs this.")),
-              Input("offload", OFFLOAD_MODES, default="none", optional=True, tooltip=OFFLOAD_TIP)]
+              Input("offload", OFFLOAD_MODES, default="auto", optional=True, tooltip=OFFLOAD_TIP)]
     OUTPUTS = [Output("model", "MODEL")]
 
     @classmethod
@@ -95,7 +95,7 @@ class WanModelLoader(_SourceNode):
                 + _config_stamp(config))
 
     def execute(self, ctx, source, dtype="float32", compile="auto", low_noise_source="", boundary_ratio=0.0,
-                config="", offload="none"):
+                config="", offload="auto"):
         from .wan import load_denoiser
         return (load_denoiser(source, dtype, compile, low_noise_source=low_noise_source or None,
                               boundary_ratio=boundary_ratio or None, config=config or None, offload=offload),)
