@@ -221,11 +221,13 @@ def load_vae(source, subfolder: str | None = "vae", dtype="float32", config=None
     return build(AutoencoderKLWan, open_component(source, "vae", subfolder, config), dtype)
 
 
-def load_text_encoder(source, subfolder: str | None = "text_encoder", dtype="float32", config=None):
+def load_text_encoder(source, subfolder: str | None = "text_encoder", dtype="float32", config=None, offload="none"):
     """The UMT5 encoder, from its folder or from one file: transformers' key names (ComfyUI's umt5_xxl
-    files, fp16 / fp8 / fp8_scaled) or Wan's own (`models_t5_umt5-xxl-enc-bf16.pth`)."""
+    files, fp16 / fp8 / fp8_scaled) or Wan's own (`models_t5_umt5-xxl-enc-bf16.pth`). `offload` as
+    `build`'s: "blocks" streams its blocks and reads the token embedding by rows (about 2 GB for
+    UMT5-XXL in float32 instead of 22.8)."""
     from ..models.umt5 import UMT5EncoderModel
-    return build(UMT5EncoderModel, open_component(source, "text_encoder", subfolder, config), dtype)
+    return build(UMT5EncoderModel, open_component(source, "text_encoder", subfolder, config), dtype, offload)
 
 
 def load_image_encoder(source, subfolder: str | None = "image_encoder", dtype="float32", config=None):
