@@ -25,10 +25,12 @@ Models are kept while they fit the memory budget (`--memory-budget`, default: av
 a margin) and released when another model or a forward's working memory needs the room: the peak
 is bounded by the budget, and a tighter budget releases the text encoder sooner.
 
-`--text-encoder-only` measures UMT5-XXL (the real config, random bf16 file, 10.6 GB) encoding one
-512-token prompt: resident in float16 (13.4 GB; float32, 22.8 GB, does not fit 24 GB) against
-streamed (`offload="blocks"`: its blocks read from the file as they run, only the prompt's rows of
-the token embedding read) in float16 and float32, in rounds; peak RSS and encode seconds.
+`--text-encoder-only` measures UMT5-XXL (the real config, random bf16 file, 10.6 GB; `--te-layers`
+for fewer blocks) encoding one 512-token prompt in the `--te-runs` given (dtype:offload; by default
+float16 resident, 13.4 GB, against float16 and float32 streamed: `offload="blocks"`, its blocks read
+from the file as they run and only the prompt's rows of the token embedding), in rounds; peak RSS,
+encode seconds and each run's ratio to the first. Float32 resident (22.8 GB) does not fit 24 GB:
+`--te-layers 8 --te-runs float32:none,float32:blocks` compares it.
 """
 from __future__ import annotations
 
@@ -161,6 +163,10 @@ def main():
                                                          "does not fit the budget's room)")
     ap.add_argument("--text-encoder-only", action="store_true",
                     help="only UMT5-XXL's encode, resident vs streamed (`--pairs` rounds)")
+    ap.add_argument("--te-runs", default="float16:none,float16:blocks,float32:blocks",
+                    help="--text-encoder-only: dtype:offload runs; ratios are to the first")
+    ap.add_argument("--te-layers", type=int, default=24, help="--text-encoder-only: UMT5-XXL blocks to write (24: "
+                                                              "the real model; fewer let float32 run resident)")
     ap.add_argument("--offloads", default="none,blocks", help="the workflow's transformer offload modes to run")
     ap.add_argument("--dir", default=None, help="where the temporary files go (default: the system's temp dir)")
     ap.add_argument("--memory-budget", default=None, help="the runs' memory budget, e.g. 16GB (default: available RAM "
@@ -191,7 +197,7 @@ def main():
             run_workflows(tmp, a.size, a.te_dtype, a.offloads.split(","), a.te_offload)
             return
         if a.text_encoder_only:
-            run_text_encoder(tmp, a.pairs)
+            run_text_encoder(tmp, a.pairs, [tuple(r.split(":")) for r in a.te_runs.split(",")], a.te_layers)
             return
         cfg13, cfg14 = WAN21_1_3B, dict(WAN21_14B, num_layers=a.layers)
         p13, p14 = n_params(cfg13), n_params(cfg14)
@@ -324,15 +330,14 @@ def run_workflows(tmp: Path, size: str, te_dtype: str, offloads: list[str], te_o
 
 
 # -- UMT5-XXL alone: resident vs streamed ------------------------------------------------------------------------
-def run_text_encoder(tmp: Path, rounds: int):
+def run_text_encoder(tmp: Path, rounds: int, runs: list[tuple[str, str]], layers: int = 24):
     from nodes.wan.checkpoints.presets import _write_tokenizer
     from nodes.wan.models.umt5 import UMT5EncoderModel
     vocab = _write_tokenizer(tmp / "te" / "tokenizer")
     t0 = time.perf_counter()
     size = write_bf16_cell(tmp / "te" / "text_encoder", UMT5EncoderModel,
-                           dict(UMT5_XXL, vocab_size=max(vocab, 256384)), "model", 2)
-    print(f"UMT5-XXL: bf16 file {gb(size)} written in {time.perf_counter() - t0:.0f} s", flush=True)
-    runs = [("float16", "none"), ("float16", "blocks"), ("float32", "blocks")]
+                           dict(UMT5_XXL, vocab_size=max(vocab, 256384), num_layers=layers), "model", 2)
+    print(f"UMT5-XXL ({layers} blocks): bf16 file {gb(size)} written in {time.perf_counter() - t0:.0f} s", flush=True)
     results = {r: [] for r in runs}
     for i in range(rounds):
         for dtype, offload in runs[i % len(runs):] + runs[:i % len(runs)]:
@@ -342,17 +347,18 @@ def run_text_encoder(tmp: Path, rounds: int):
                   f"(the first with the load), peak RSS {gb(r['peak_rss'])}, widened blocks at once "
                   f"{r['widened_peak']}", flush=True)
     best = {k: [min(r["times"][1:]) for r in v] for k, v in results.items()}
-    base = best[("float16", "none")]
+    base = best[runs[0]]
     for dtype, offload in runs:
         ratios = [b / a for a, b in zip(base, best[(dtype, offload)])]
         print(f"UMT5-XXL {dtype} offload={offload}: encode {np.median(best[(dtype, offload)]):.1f} s (median of "
               f"{rounds}; load + first encode {np.median([r['times'][0] for r in results[(dtype, offload)]]):.1f} s), "
-              f"peak RSS {gb(max(r['peak_rss'] for r in results[(dtype, offload)]))}; / float16 resident per round: "
-              f"{', '.join(f'{x:.2f}' for x in ratios)}, median {np.median(ratios):.2f}x", flush=True)
-    a = results[("float16", "none")][0]["out"]
-    for k in (("float16", "blocks"), ("float32", "blocks")):
-        b = results[k][0]["out"]
-        print(f"  {k[0]} {k[1]} vs float16 resident: max |diff| {np.max(np.abs(np.subtract(a, b))):.3g} "
+              f"peak RSS {gb(max(r['peak_rss'] for r in results[(dtype, offload)]))}; / {runs[0][0]} "
+              f"offload={runs[0][1]} per round: {', '.join(f'{x:.2f}' for x in ratios)}, median {np.median(ratios):.2f}x",
+              flush=True)
+    a = np.asarray(results[runs[0]][0]["out"])
+    for k in runs[1:]:
+        b = np.asarray(results[k][0]["out"])
+        print(f"  {k[0]} {k[1]} vs {runs[0][0]} {runs[0][1]}: max |diff| {np.max(np.abs(a - b)):.3g} "
               f"(of max |value| {np.max(np.abs(a)):.3g})", flush=True)
 
 
