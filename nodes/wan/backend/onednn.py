@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import mindspore as ms
+from mindspore import mint
 
 _P = ctypes.c_void_p
 _Dims = ctypes.c_int64 * 12
@@ -432,8 +433,9 @@ class _ConvPlan:
 
     def __call__(self, pieces, w, b, y=None, y_offset=0):
         if y is None:
-            y = np.empty(self.y_shape, np.float32)
-        buffers = [None if size is None else np.empty(size // 4, np.float32) for size in self.src_size]
+            y = host_array(self.y_shape)[1]
+        held = [None if size is None else host_array((size // 4,)) for size in self.src_size]
+        buffers = [None if h is None else h[1] for h in held]
         _run_all([(lambda cp=cp, buf=buf: cp(pieces, buf))
                   for (_, copies, _), buf in zip(self.sources, buffers) for cp in (copies or ())])
         src = []
@@ -469,6 +471,17 @@ def _plan(key):
     return _cached(_plans, key, lambda: _ConvPlan(*key))
 
 
+def host_array(shape) -> tuple:
+    """(tensor, its numpy view): an uninitialised float32 CPU tensor from MindSpore's allocator.
+
+    MindSpore's CPU memory pool keeps what its tensors freed (a 1.3B forward at 81 frames leaves
+    about 10 GB of it resident) for its own later tensors, never for numpy's; buffers taken from
+    it reuse that memory where `np.empty` would add to it (the VAE decode after a denoise). The
+    tensor must outlive the view."""
+    t = mint.empty(tuple(int(n) for n in shape), dtype=ms.float32)
+    return t, t.asnumpy()   # shares the tensor's buffer
+
+
 def _numpy(t):
     a = t.asnumpy()  # shares the CPU tensor's buffer
     if a.dtype != np.float32:
@@ -502,8 +515,9 @@ def conv(x, weight, bias, stride, padding, prefix=None):
         pieces = (prefix.shape[2], x.shape[2])
         shape = shape[:2] + (sum(pieces),) + shape[3:]
     plan = _plan((shape, tuple(weight.shape), stride, pad_l, pad_r, bias is not None, threads(), None, None, pieces))
-    y = plan([_numpy(t) for t in inputs], _numpy(weight), None if bias is None else _numpy(bias))
-    return ms.Tensor.from_numpy(y)
+    out, y = host_array(plan.y_shape)
+    plan([_numpy(t) for t in inputs], _numpy(weight), None if bias is None else _numpy(bias), y)
+    return out
 
 
 def upsample_conv2d(x, phase_weights, bias):
@@ -528,7 +542,7 @@ def upsample_conv2d(x, phase_weights, bias):
     # Frames as the batch dim: strides of [T, C, H, W] over [C, T, H, W] storage (video) or plain [N, C, H, W].
     x_strides = (frame, t * frame, w, 1) if video else (c * frame, frame, w, 1)
     y_strides = (up, t * up, 4 * w, 2) if video else (o * up, up, 4 * w, 2)
-    y = np.empty((bsz, o, t, 2 * h, 2 * w) if video else (t, o, 2 * h, 2 * w), np.float32)
+    out, y = host_array((bsz, o, t, 2 * h, 2 * w) if video else (t, o, 2 * h, 2 * w))
     xn = _numpy(x)
     bn = None if bias is None else _numpy(bias)
     kernels = [[_numpy(k) for k in row] for row in phase_weights]
@@ -540,7 +554,7 @@ def upsample_conv2d(x, phase_weights, bias):
                           x_strides, y_strides))
             for i in range(bsz):
                 plan([xn[i] if video else xn], kernels[a][b], bn, y[i] if video else y, (a * 2 * w + b) * 4)
-    return ms.Tensor.from_numpy(y)
+    return out
 
 
 # Hidden units per feed-forward part, at least: narrower splits cost more in dispatch than they gain.
@@ -595,7 +609,8 @@ def feed_forward(x, w1, b1, w2, b2, activation="gelu_tanh"):
     xn = xn.reshape(-1, d)
     m = xn.shape[0]
     bounds = _split(hidden, max(1, min(threads(), hidden // MIN_COLUMNS_PER_PART)))
-    partial = [np.empty((m, out), np.float32) for _ in bounds]
+    held = [host_array((m, out)) for _ in bounds]
+    partial = [a for _, a in held]
     alg = _ELTWISE[activation]
     chunk = max(1, FEED_FORWARD_ROWS)
 
@@ -619,7 +634,7 @@ def feed_forward(x, w1, b1, w2, b2, activation="gelu_tanh"):
     for other in partial[1:]:
         y += other
     y += b2n
-    return ms.Tensor.from_numpy(y.reshape(tuple(x.shape[:-1]) + (out,)))
+    return held[0][0].reshape(tuple(x.shape[:-1]) + (out,))
 
 
 def _require():
