@@ -105,30 +105,27 @@ class OriginalCheckpoint:
 
     def get(self, key) -> np.ndarray:
         full = self._keys[key]
-        arr = self.ckpt.get(full)
-        scale_key = full[:-len(".weight")] + SCALE_SUFFIX if full.endswith(".weight") else None
-        if scale_key is not None and scale_key in self.ckpt:
-            scale = np.asarray(self.ckpt.get(scale_key), np.float32)
-            if scale.size > 1:   # one scale per output channel
-                scale = scale.reshape((-1,) + (1,) * (arr.ndim - 1))
-            else:
-                scale = scale.reshape(())
-            arr = arr.astype(np.float32) * scale
-        return arr
+        return self._scaled(full, self.ckpt.get(full))
 
     def get_rows(self, key, rows) -> np.ndarray:
         """`get(key)[rows]`, reading only those rows (a token embedding)."""
         full = self._keys[key]
-        arr = self.ckpt.get_rows(full, rows)
+        return self._scaled(full, self.ckpt.get_rows(full, rows), np.asarray(rows, np.int64))
+
+    def _scaled(self, full: str, arr: np.ndarray, rows=None) -> np.ndarray:
+        """`arr` (tensor `full`, or its `rows`) times its fp8 scale, if it has one."""
         scale_key = full[:-len(".weight")] + SCALE_SUFFIX if full.endswith(".weight") else None
-        if scale_key is not None and scale_key in self.ckpt:
-            scale = np.asarray(self.ckpt.get(scale_key), np.float32)
-            if scale.size > 1:   # one scale per output channel: per row
-                scale = scale.reshape(-1)[np.asarray(rows, np.int64)].reshape(np.shape(rows) + (1,) * (arr.ndim - np.ndim(rows)))
-            else:
-                scale = scale.reshape(())
-            arr = arr.astype(np.float32) * scale
-        return arr
+        if scale_key is None or scale_key not in self.ckpt:
+            return arr
+        scale = np.asarray(self.ckpt.get(scale_key), np.float32)
+        if scale.size > 1:   # one scale per output channel (per row)
+            scale = scale.reshape(-1)
+            if rows is not None:
+                scale = scale[rows]
+            scale = scale.reshape(scale.shape + (1,) * (arr.ndim - scale.ndim))
+        else:
+            scale = scale.reshape(())
+        return arr.astype(np.float32) * scale
 
     def read_into(self, key, out: np.ndarray) -> bool:
         """`get(key)` into `out` without allocating, for a tensor with no fp8 scale (see `Checkpoint`)."""

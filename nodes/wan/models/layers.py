@@ -111,6 +111,17 @@ def layer_norm(x, eps: float, weight=None, bias=None):
 # Adding the bias with BiasAdd on the 2-D matmul output is ~40% cheaper in eager
 # mode than a broadcast `+` at Wan sizes (1,950×8,960); results are identical.
 bias_add = ops.BiasAdd()
+_mm_tb = ops.MatMul(transpose_b=True)
+
+
+def linear(x, w, b=None):
+    """x @ w^T (+ b) for w stored (out, in) as in torch, over the last axis of x: `Linear` as a
+    function of its weights (streamed and compiled blocks pass them in)."""
+    shape = x.shape
+    y = _mm_tb(x.reshape(-1, shape[-1]), w)
+    if b is not None:
+        y = bias_add(y, b)
+    return y.reshape(shape[:-1] + (w.shape[0],))
 
 
 class Linear(nn.Cell):

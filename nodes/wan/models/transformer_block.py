@@ -26,19 +26,12 @@ from mindspore import ops
 
 from .attention import attention
 from ..backend import onednn
-from .layers import badd, bias_add, bmul, gelu_tanh, layer_norm, rms_normalize
+from .layers import badd, bmul, gelu_tanh, layer_norm, linear, rms_normalize
 from ..backend.runtime import device
 
 TEXT_TOKENS = 512  # diffusers splits image tokens from text tokens by this fixed length
 
-_mm_tb = ops.MatMul(transpose_b=True)
 _mm = ops.MatMul()
-
-
-def _linear(x, w, b):
-    shape = x.shape
-    y = bias_add(_mm_tb(x.reshape(-1, shape[-1]), w), b)
-    return y.reshape(shape[:-1] + (w.shape[0],))
 
 
 def _rms_norm(x, w, eps):
@@ -207,24 +200,24 @@ def _block_halves(heads: int, eps: float, cross_attn_norm: bool, image_branch: b
     def before(x, temb, cos, sin, rot, *w):
         table, a1, _, _, _ = unpack_weights(w, image_branch, cross_attn_norm)
         n, mod = pre_attention(x, temb, table)
-        q, k, v = self_attention_heads(_linear(n, a1[0], a1[1]), _linear(n, a1[2], a1[3]), _linear(n, a1[4], a1[5]),
+        q, k, v = self_attention_heads(linear(n, a1[0], a1[1]), linear(n, a1[2], a1[3]), linear(n, a1[4], a1[5]),
                                        a1[8], a1[9], cos, sin, rot)
         return q, k, v, mod
 
     def after(x, a, mod, context, *w):
         _, a1, a2, norm2, ffn = unpack_weights(w, image_branch, cross_attn_norm)
-        x, n = post_self_attention(x, _linear(a, a1[6], a1[7]), mod, *norm2)
+        x, n = post_self_attention(x, linear(a, a1[6], a1[7]), mod, *norm2)
         text, image = split_context(context, image_branch)
         if image_branch:
-            a = cross_attention(_linear(n, a2[0], a2[1]), _linear(text, a2[2], a2[3]), _linear(text, a2[4], a2[5]),
-                                a2[8], a2[9], _linear(image, a2[10], a2[11]), _linear(image, a2[12], a2[13]), a2[14])
+            a = cross_attention(linear(n, a2[0], a2[1]), linear(text, a2[2], a2[3]), linear(text, a2[4], a2[5]),
+                                a2[8], a2[9], linear(image, a2[10], a2[11]), linear(image, a2[12], a2[13]), a2[14])
         else:
-            a = cross_attention(_linear(n, a2[0], a2[1]), _linear(text, a2[2], a2[3]), _linear(text, a2[4], a2[5]),
+            a = cross_attention(linear(n, a2[0], a2[1]), linear(text, a2[2], a2[3]), linear(text, a2[4], a2[5]),
                                 a2[8], a2[9])
-        xf, n = pre_ffn(x, _linear(a, a2[6], a2[7]), mod)
+        xf, n = pre_ffn(x, linear(a, a2[6], a2[7]), mod)
         if ffn_outside:
             return xf, n, mod
-        return post_ffn(xf, _linear(gelu_tanh(_linear(n, ffn[0], ffn[1])), ffn[2], ffn[3]), mod)
+        return post_ffn(xf, linear(gelu_tanh(linear(n, ffn[0], ffn[1])), ffn[2], ffn[3]), mod)
 
     return before, after
 

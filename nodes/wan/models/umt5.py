@@ -16,7 +16,7 @@ import mindspore as ms
 from mindspore import Parameter, mint, nn, ops
 
 from .attention import attention
-from .layers import bmul, gelu_tanh, param_init, row_mean, Linear
+from .layers import bmul, gelu_tanh, linear, param_init, row_mean, Linear
 from ..backend.runtime import device
 
 
@@ -36,15 +36,6 @@ def relative_buckets(q_len: int, k_len: int, num_buckets: int, max_distance: int
     return (buckets + np.where(rel < max_exact, rel, large)).astype(np.int32)
 
 
-_matmul_t = ops.MatMul(transpose_b=True)
-
-
-def _linear(x, w):
-    """x @ w^T for w stored (out, in) as in torch (see `layers.Linear`)."""
-    shape = x.shape
-    return _matmul_t(x.reshape(-1, shape[-1]), w).reshape(shape[:-1] + (w.shape[0],))
-
-
 def t5_norm(x, weight, eps: float):
     """T5's RMS norm: float32 statistic, no mean subtraction, cast to a half-precision weight."""
     xf = x.astype(ms.float32)
@@ -61,13 +52,13 @@ def umt5_block(x, buckets, mask_bias, weights, heads: int, d_kv: int, eps: float
     b, l, _ = x.shape
     h = t5_norm(x, ln1, eps)
     split = lambda t: t.reshape(b, l, heads, d_kv).swapaxes(1, 2)
-    q, k, v = split(_linear(h, wq)), split(_linear(h, wk)), split(_linear(h, wv))
+    q, k, v = split(linear(h, wq)), split(linear(h, wk)), split(linear(h, wv))
     pos = ops.gather(rel_bias, buckets, 0).permute(2, 0, 1).unsqueeze(0)          # [1, H, L, L]
     out = attention(q, k, v, scale=1.0, bias=pos.astype(ms.float32) + mask_bias, use_fused=False)
-    x = x + _linear(out.swapaxes(1, 2).reshape(b, l, heads * d_kv), wo_attn).astype(x.dtype)
+    x = x + linear(out.swapaxes(1, 2).reshape(b, l, heads * d_kv), wo_attn).astype(x.dtype)
     h = t5_norm(x, ln2, eps)
-    h = gelu_tanh(_linear(h, wi_0)) * _linear(h, wi_1)
-    return x + _linear(h.astype(wo.dtype), wo).astype(x.dtype)
+    h = gelu_tanh(linear(h, wi_0)) * linear(h, wi_1)
+    return x + linear(h.astype(wo.dtype), wo).astype(x.dtype)
 
 
 class T5LayerNorm(nn.Cell):
